@@ -1,0 +1,91 @@
+"""A pre-norm MoE transformer: SDPA attention, an MoE FFN every n-th block, optional adaLN-Zero conditioning."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from moezoo.moe import DenseMLP, MoE, MoEArgs
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class TransformerBlock(nn.Module):
+    """x + attn(norm(x)), then x + ffn(norm(x)); with adaLN-Zero (DiT) the norms are modulated by a condition c:
+    shift, scale, gate = Linear(SiLU(c)), h = norm(x) * (1 + scale) + shift, x = x + gate * f(h), gates start at 0."""
+
+    def __init__(self, dim: int, num_heads: int, ffn: nn.Module, *, cond_dim: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.adaln = cond_dim is not None
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=not self.adaln, eps=1e-6)
+        self.attn = SelfAttention(dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=not self.adaln, eps=1e-6)
+        self.ffn = ffn
+        if self.adaln:
+            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
+            nn.init.zeros_(self.modulation[1].weight)
+            nn.init.zeros_(self.modulation[1].bias)
+
+    def forward(self, x, cond=None, attn_mask=None, is_causal=False, **moe_kwargs):
+        if self.adaln:
+            if cond is None:
+                raise ValueError("this block uses adaLN conditioning: pass cond=[batch, cond_dim]")
+            shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
+            x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1), attn_mask, is_causal)
+            return x + gate2.unsqueeze(1) * self._ffn(modulate(self.norm2(x), shift2, scale2), moe_kwargs)
+        x = x + self.attn(self.norm1(x), attn_mask, is_causal)
+        return x + self._ffn(self.norm2(x), moe_kwargs)
+
+    def _ffn(self, h, moe_kwargs):
+        return self.ffn(h, **moe_kwargs) if isinstance(self.ffn, MoE) else self.ffn(h)
+
+
+class MoETransformer(nn.Module):
+    """A stack of pre-norm blocks over [batch, tokens, dim] with an MoE FFN in every ``moe_every``-th block
+    (blocks moe_every-1, 2*moe_every-1, ...; moe_every=1 makes every FFN an MoE, 0 none) and a final norm.
+
+    Keywords of ``forward`` other than ``cond``, ``attn_mask`` and ``is_causal`` go to the MoE layers
+    (``group``, ``router_input``, ``condition``).
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int, *, mlp_ratio: float = 4.0, moe: MoEArgs | None = None,
+                 moe_every: int = 2, cond_dim: int | None = None, dropout: float = 0.0, activation: str = "gelu"):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        moe = moe or MoEArgs()
+        blocks = []
+        for i in range(depth):
+            use_moe = moe_every > 0 and (i + 1) % moe_every == 0
+            ffn = moe.build(dim, hidden) if use_moe else DenseMLP(dim, hidden, activation=activation)
+            blocks.append(TransformerBlock(dim, num_heads, ffn, cond_dim=cond_dim, dropout=dropout))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=cond_dim is None, eps=1e-6)
+
+    def forward(self, x, cond=None, attn_mask=None, is_causal=False, **moe_kwargs):
+        for block in self.blocks:
+            x = block(x, cond, attn_mask, is_causal, **moe_kwargs)
+        return self.norm(x)

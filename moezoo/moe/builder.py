@@ -1,0 +1,67 @@
+"""MoEArgs: the arguments of an MoE feed-forward layer as one small dataclass (what configs set), and its builder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from .experts import DenseMLP, GroupedMLP
+from .layer import MoE
+from .routers import ExpertChoiceRouter, TopKRouter, TopPRouter
+
+ROUTERS = {"top_k": TopKRouter, "expert_choice": ExpertChoiceRouter, "top_p": TopPRouter}
+
+
+@dataclass
+class MoEArgs:
+    """An MoE FFN: ``num_experts`` MLP experts behind a router, plus ``num_shared_experts`` always-on ones.
+
+    router: ``top_k`` (uses ``k`` and optional ``capacity_factor``), ``expert_choice`` (``capacity_factor``, default
+    1.0) or ``top_p`` (``p``). ``expert_hidden_ratio`` scales each routed expert's hidden width relative to the dense
+    FFN it replaces (0.5 halves it, as fine-grained and ProMoE experts do).
+    """
+
+    num_experts: int = 8
+    router: str = "top_k"
+    k: int = 2
+    capacity_factor: float | None = None
+    p: float = 0.4
+    score: str = "softmax"
+    num_null_experts: int = 0
+    num_shared_experts: int = 0
+    expert_hidden_ratio: float = 1.0
+    activation: str = "gelu"
+    glu: bool = False
+    balance_loss_weight: float = 0.01
+    global_balance_loss_weight: float = 0.0
+    z_loss_weight: float = 0.0
+    bias_update_rate: float = 0.0
+    expert_groups: list[list[int]] | None = None
+    kernel_backend: str | None = None
+    extra_router_args: dict = field(default_factory=dict)
+
+    def build_router(self, dim: int) -> nn.Module:
+        if self.router not in ROUTERS:
+            raise ValueError(f"unknown router {self.router!r}; valid: {', '.join(ROUTERS)}")
+        common = dict(
+            score=self.score, expert_groups=self.expert_groups, num_null_experts=self.num_null_experts,
+            balance_loss_weight=self.balance_loss_weight, global_balance_loss_weight=self.global_balance_loss_weight,
+            z_loss_weight=self.z_loss_weight, bias_update_rate=self.bias_update_rate, **self.extra_router_args,
+        )
+        if self.router == "top_k":
+            return TopKRouter(dim, self.num_experts, self.k, capacity_factor=self.capacity_factor, **common)
+        if self.router == "expert_choice":
+            return ExpertChoiceRouter(dim, self.num_experts, self.capacity_factor or 1.0, **common)
+        return TopPRouter(dim, self.num_experts, self.p, **common)
+
+    def build(self, dim: int, hidden: int, router_dim: int | None = None) -> MoE:
+        """The MoE layer replacing a dense FFN of width ``hidden`` on tokens of width ``dim``."""
+        expert_hidden = max(1, round(hidden * self.expert_hidden_ratio))
+        experts = GroupedMLP(self.num_experts, dim, expert_hidden, activation=self.activation, glu=self.glu,
+                             backend=self.kernel_backend)
+        shared = None
+        if self.num_shared_experts > 0:
+            shared = DenseMLP(dim, expert_hidden * self.num_shared_experts, activation=self.activation, glu=self.glu)
+        return MoE(dim, self.build_router(router_dim or dim), experts, shared)
+

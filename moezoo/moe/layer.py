@@ -1,0 +1,44 @@
+"""The MoE layer: a router and an expert bank, plus optional always-on shared experts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .stats import RoutingRecord, in_backward
+
+
+class MoE(nn.Module):
+    """y = sum_{e in route(x)} g_e(x) * expert_e(x) (+ shared(x)).
+
+    Takes tokens x [..., d] and returns [..., d_out]. Keywords some families need and others ignore:
+    ``router_input`` [..., d_r] (what the router sees, when it differs from x), ``group`` [...] (a group id per token
+    restricting its experts), ``condition`` (per-sample information for the router).
+
+    Every real forward in training mode records the router's aux losses on this layer (collected and cleared by
+    ``moezoo.moe.aux_loss(model)``); a recomputation during backward (activation checkpointing) records nothing.
+    Routing statistics of the last forward are kept for ``routing_stats``.
+    """
+
+    def __init__(self, dim: int, router: nn.Module, experts: nn.Module, shared_experts: nn.Module | None = None):
+        super().__init__()
+        self.dim = dim
+        self.router = router
+        self.experts = experts
+        self.shared_experts = shared_experts
+        self.record = RoutingRecord()
+
+    def forward(self, x: torch.Tensor, *, router_input: torch.Tensor | None = None,
+                group: torch.Tensor | None = None, condition=None) -> torch.Tensor:
+        lead = x.shape[:-1]
+        tokens = x.reshape(-1, x.shape[-1])
+        seen = tokens if router_input is None else router_input.reshape(-1, router_input.shape[-1])
+        if seen.shape[0] != tokens.shape[0]:
+            raise ValueError(f"router_input has {seen.shape[0]} tokens but x has {tokens.shape[0]}")
+        routing = self.router(seen, group=None if group is None else group.reshape(-1), condition=condition)
+        y = self.experts(tokens, routing)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(tokens)
+        if not in_backward():
+            self.record.add(routing, training=self.training)
+        return y.reshape(*lead, y.shape[-1])

@@ -1,0 +1,254 @@
+"""Routers: map tokens to (token, expert, weight) assignments, returned as one ``Routing``.
+
+Every router shares what ``Router`` does: a linear gate (logits = x W_g), softmax or sigmoid scores, grouped routing
+(a token may only use the experts of its group), null experts (extra slots whose assignments produce nothing),
+auxiliary losses (Switch balancing, z-loss, global-batch balancing) and auxiliary-loss-free bias balancing.
+Subclasses decide only which assignments to make (``select``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from .losses import all_reduce_counts, global_batch_load_balancing_loss, router_z_loss, switch_load_balancing_loss
+from .routing import Routing
+
+
+class Router(nn.Module):
+    """Base router.
+
+    Args:
+        dim: token (router input) width.
+        num_experts: number of real experts E.
+        score: ``softmax`` (probabilities over experts) or ``sigmoid`` (independent scores, as in DeepSeek-V3).
+        expert_groups: for grouped routing, ``expert_groups[g]`` lists the experts tokens of group g may use.
+        num_null_experts: extra slots that produce no output (AdaMoE), so a token may use fewer experts.
+        balance_loss_weight: weight of the Switch load-balancing loss (computed on the micro-batch).
+        global_balance_loss_weight: weight of the global-batch balancing loss (counts summed over data-parallel
+            ranks and micro-batches until the next optimizer step).
+        z_loss_weight: weight of the router z-loss.
+        bias_update_rate: u > 0 turns on auxiliary-loss-free balancing (Wang et al. 2024): a per-expert bias b is
+            added to the scores for *selection only*, and after each optimizer step b_i += u * sign(mean load - load_i).
+        gate_init_std: std of the gate's normal init (None keeps nn.Linear's default).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_experts: int,
+        *,
+        score: str = "softmax",
+        expert_groups: Sequence[Sequence[int]] | None = None,
+        num_null_experts: int = 0,
+        balance_loss_weight: float = 0.0,
+        global_balance_loss_weight: float = 0.0,
+        z_loss_weight: float = 0.0,
+        bias_update_rate: float = 0.0,
+        gate_init_std: float | None = None,
+    ):
+        super().__init__()
+        if score not in ("softmax", "sigmoid"):
+            raise ValueError(f"router score must be 'softmax' or 'sigmoid', got {score!r}")
+        self.num_experts = num_experts
+        self.num_slots = num_experts + num_null_experts
+        self.score = score
+        self.balance_loss_weight = balance_loss_weight
+        self.global_balance_loss_weight = global_balance_loss_weight
+        self.z_loss_weight = z_loss_weight
+        self.bias_update_rate = bias_update_rate
+        self.gate = nn.Linear(dim, self.num_slots, bias=False)
+        if gate_init_std is not None:
+            nn.init.normal_(self.gate.weight, std=gate_init_std)
+        self.register_buffer("group_mask", self._group_mask(expert_groups), persistent=False)
+        self.register_buffer("expert_bias", torch.zeros(self.num_slots))
+        # assignments per slot since the last optimizer step (local, and summed over ranks for global balancing)
+        self.register_buffer("step_counts", torch.zeros(self.num_slots), persistent=False)
+        self.register_buffer("global_counts", torch.zeros(self.num_slots), persistent=False)
+
+    def _group_mask(self, expert_groups) -> torch.Tensor | None:
+        if expert_groups is None:
+            return None
+        mask = torch.zeros(len(expert_groups), self.num_slots, dtype=torch.bool)
+        for g, experts in enumerate(expert_groups):
+            for e in experts:
+                if not 0 <= e < self.num_experts:
+                    raise ValueError(f"expert_groups[{g}] names expert {e}; valid experts are 0..{self.num_experts - 1}")
+                mask[g, e] = True
+        mask[:, self.num_experts :] = True  # null experts serve every group
+        return mask
+
+    # -- what subclasses implement -------------------------------------------------------------------------------
+    def select(self, probs: torch.Tensor, scores: torch.Tensor):
+        """Return (token_index, expert_index, weight, dropped or None) over slots, from probs [T, S].
+
+        ``scores`` are the probs plus the balancing bias: use them to choose, and ``probs`` for the weights.
+        """
+        raise NotImplementedError
+
+    # -- shared machinery ----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *, group: torch.Tensor | None = None, condition=None) -> Routing:
+        logits = self.gate(x)
+        allowed = None
+        if self.group_mask is not None:
+            if group is None:
+                raise ValueError("this router has expert_groups: pass group=<group id per token>")
+            allowed = self.group_mask[group]
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        elif group is not None:
+            raise ValueError("group ids were given but this router has no expert_groups")
+        probs = torch.softmax(logits.float(), dim=-1) if self.score == "softmax" else torch.sigmoid(logits.float())
+        scores = probs + self.expert_bias if self.bias_update_rate > 0 else probs
+        token_index, slot_index, weight, dropped = self.select(probs, scores)
+        if allowed is not None:  # routers that choose tokens (expert choice) may pick a token outside its group
+            ok = allowed[token_index, slot_index]
+            token_index, slot_index, weight = token_index[ok], slot_index[ok], weight[ok]
+
+        aux_losses = self._aux_losses(logits, probs, slot_index) if self.training else {}
+        real = slot_index < self.num_experts  # null experts produce no assignment
+        return Routing(
+            token_index=token_index[real],
+            expert_index=slot_index[real],
+            weight=weight[real].to(x.dtype),
+            num_tokens=x.shape[0],
+            num_experts=self.num_experts,
+            probs=probs[:, : self.num_experts],
+            logits=logits[:, : self.num_experts],
+            dropped=dropped,
+            group=group,
+            aux_losses=aux_losses,
+        )
+
+    def _aux_losses(self, logits, probs, slot_index) -> dict[str, torch.Tensor]:
+        losses = {}
+        balance_probs = probs if self.score == "softmax" else probs / probs.sum(-1, keepdim=True).clamp_min(1e-9)
+        counts = torch.bincount(slot_index, minlength=self.num_slots).to(self.step_counts.dtype)
+        with torch.no_grad():
+            self.step_counts += counts
+        if self.balance_loss_weight > 0:
+            losses["balance"] = self.balance_loss_weight * switch_load_balancing_loss(balance_probs, slot_index)
+        if self.global_balance_loss_weight > 0:
+            with torch.no_grad():
+                self.global_counts += all_reduce_counts(counts)
+            losses["global_balance"] = self.global_balance_loss_weight * global_batch_load_balancing_loss(
+                balance_probs, self.global_counts
+            )
+        if self.z_loss_weight > 0:
+            losses["z"] = self.z_loss_weight * router_z_loss(logits)
+        return losses
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Update the balancing bias from this step's load, and start a new global batch."""
+        if self.bias_update_rate > 0 and self.step_counts.sum() > 0:
+            load = all_reduce_counts(self.step_counts)[: self.num_experts]
+            self.expert_bias[: self.num_experts] += self.bias_update_rate * torch.sign(load.mean() - load)
+        self.step_counts.zero_()
+        self.global_counts.zero_()
+
+
+def _flat_assignments(top_index: torch.Tensor, top_weight: torch.Tensor):
+    num_tokens, k = top_index.shape
+    token_index = torch.arange(num_tokens, device=top_index.device).repeat_interleave(k)
+    return token_index, top_index.reshape(-1), top_weight.reshape(-1)
+
+
+class TopKRouter(Router):
+    """Token choice: each token takes its k highest-scoring experts (Shazeer et al. 2017; Switch for k=1).
+
+    weight_{t,e} = p_{t,e} for e in TopK(s_t, k), renormalised over the k when ``normalize`` (Mixtral, DeepSeek).
+    Dropless by default; with ``capacity_factor`` c each expert keeps at most C = ceil(c * T * k / E) assignments,
+    its highest-scoring ones, and the rest are dropped (the token then passes through the residual only).
+    """
+
+    def __init__(self, dim: int, num_experts: int, k: int = 2, *, capacity_factor: float | None = None,
+                 normalize: bool = True, **kwargs):
+        super().__init__(dim, num_experts, **kwargs)
+        if not 1 <= k <= self.num_slots:
+            raise ValueError(f"top-k router: k={k} must be between 1 and the number of experts ({self.num_slots})")
+        self.k = k
+        self.capacity_factor = capacity_factor
+        self.normalize = normalize
+
+    def capacity(self, num_tokens: int) -> int:
+        return math.ceil(self.capacity_factor * num_tokens * self.k / self.num_slots)
+
+    def select(self, probs, scores):
+        top_index = scores.topk(self.k, dim=-1).indices
+        top_weight = probs.gather(1, top_index)
+        if self.normalize:
+            top_weight = top_weight / top_weight.sum(-1, keepdim=True).clamp_min(1e-9)
+        token_index, slot_index, weight = _flat_assignments(top_index, top_weight)
+        if self.capacity_factor is None:
+            return token_index, slot_index, weight, None
+        keep = self._within_capacity(slot_index, scores.gather(1, top_index).reshape(-1), probs.shape[0])
+        dropped = torch.zeros(probs.shape[0], dtype=torch.bool, device=probs.device)
+        dropped[token_index[~keep]] = True
+        return token_index[keep], slot_index[keep], weight[keep], dropped
+
+    def _within_capacity(self, slot_index, score, num_tokens) -> torch.Tensor:
+        by_score = torch.argsort(score, descending=True, stable=True)
+        order = by_score[torch.argsort(slot_index[by_score], stable=True)]
+        counts = torch.bincount(slot_index, minlength=self.num_slots)
+        starts = torch.cumsum(counts, 0) - counts
+        sorted_slots = slot_index[order]
+        rank = torch.arange(order.numel(), device=order.device) - starts[sorted_slots]
+        keep = torch.empty_like(slot_index, dtype=torch.bool)
+        keep[order] = rank < self.capacity(num_tokens)
+        return keep
+
+
+class ExpertChoiceRouter(Router):
+    """Expert choice (Zhou et al. 2022): each expert takes its top-C tokens, C = ceil(T * c / E).
+
+    S = softmax(X W_g) [T, E]; G, I = TopK(S^T, C): expert e processes tokens I[e] with weights G[e]. Every expert
+    gets exactly C tokens (perfect balance by construction); a token may get any number of experts, including none.
+    """
+
+    def __init__(self, dim: int, num_experts: int, capacity_factor: float = 1.0, **kwargs):
+        super().__init__(dim, num_experts, **kwargs)
+        self.capacity_factor = capacity_factor
+
+    def capacity(self, num_tokens: int) -> int:
+        return min(num_tokens, math.ceil(num_tokens * self.capacity_factor / self.num_slots))
+
+    def select(self, probs, scores):
+        capacity = self.capacity(probs.shape[0])
+        top_token = scores.t().topk(capacity, dim=-1).indices  # [S, C]
+        weight = probs.t().gather(1, top_token)
+        slot_index = torch.arange(self.num_slots, device=probs.device).repeat_interleave(capacity)
+        return top_token.reshape(-1), slot_index, weight.reshape(-1), None
+
+
+class TopPRouter(Router):
+    """Dynamic top-p routing (Huang et al. 2024, "Harder Tasks Need More Experts").
+
+    Each token takes the smallest set of experts, in decreasing probability, whose probability mass reaches p:
+    expert j (the r-th most probable) is used iff sum of the r-1 higher probabilities < p. Weights are the
+    probabilities themselves (renormalised over the set when ``normalize``); ``max_k`` caps the set size.
+    """
+
+    def __init__(self, dim: int, num_experts: int, p: float = 0.4, *, max_k: int | None = None,
+                 normalize: bool = False, **kwargs):
+        super().__init__(dim, num_experts, **kwargs)
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"top-p router: p={p} must be in (0, 1]")
+        self.p = p
+        self.max_k = max_k
+        self.normalize = normalize
+
+    def select(self, probs, scores):
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        sorted_probs = probs.gather(1, order)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        chosen = (mass_before < self.p) & (sorted_probs > 0)
+        if self.max_k is not None:
+            chosen[:, self.max_k :] = False
+        weight_table = sorted_probs * chosen
+        if self.normalize:
+            weight_table = weight_table / weight_table.sum(-1, keepdim=True).clamp_min(1e-9)
+        token_index, rank = chosen.nonzero(as_tuple=True)
+        return token_index, order[token_index, rank], weight_table[token_index, rank], None

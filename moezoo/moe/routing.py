@@ -1,0 +1,46 @@
+"""The Routing record: what every router returns and every expert bank and kernel consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Routing:
+    """A set of (token, expert, weight) assignments and the router distribution that produced them.
+
+    Shapes (T tokens, E experts, A assignments):
+        token_index [A] long, expert_index [A] long, weight [A] float (the gate applied to that expert's output),
+        probs [T, E] and logits [T, E] (the router's distribution, for aux losses and statistics),
+        dropped [T] bool (tokens that lost at least one of their choices to capacity, token choice only),
+        group [T] long (the group id each token was restricted to, grouped routing only).
+
+    Token choice gives A = T * k (less dropped), expert choice A = E * C, top-p a variable A; null experts simply
+    produce no assignment. ``aux_losses`` holds the router's weighted auxiliary losses by name.
+    """
+
+    token_index: torch.Tensor
+    expert_index: torch.Tensor
+    weight: torch.Tensor
+    num_tokens: int
+    num_experts: int
+    probs: torch.Tensor
+    logits: torch.Tensor
+    dropped: torch.Tensor | None = None
+    group: torch.Tensor | None = None
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_assignments(self) -> int:
+        return self.token_index.numel()
+
+    def tokens_per_expert(self) -> torch.Tensor:
+        """Number of assignments each expert received, [E] long."""
+        return torch.bincount(self.expert_index, minlength=self.num_experts)
+
+    def combine_weights(self) -> torch.Tensor:
+        """Dense [T, E] matrix of gate weights (zero where a token is not assigned): for tests and small models."""
+        dense = self.weight.new_zeros(self.num_tokens, self.num_experts)
+        return dense.index_put((self.token_index, self.expert_index), self.weight, accumulate=True)

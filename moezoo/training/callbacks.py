@@ -1,0 +1,104 @@
+"""Callbacks every moezoo run gets: an expert-load heatmap per epoch and metrics.json at the end of each stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from moezoo.moe import take_expert_load
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_expert_load(loads: dict[str, torch.Tensor], path: Path, title: str) -> None:
+    """Heatmap of the fraction of assignments each expert (column) of each MoE layer (row) received."""
+    plt = _plt()
+    names = list(loads)
+    width = max(t.numel() for t in loads.values())
+    table = torch.full((len(names), width), float("nan"))
+    for row, name in enumerate(names):
+        counts = loads[name].float().cpu()
+        table[row, : counts.numel()] = counts / counts.sum().clamp_min(1.0)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * width, 1.0 + 0.45 * len(names)))
+    image = ax.imshow(table.numpy(), cmap="viridis", vmin=0.0, aspect="auto")
+    ax.set_xticks(range(width))
+    ax.set_yticks(range(len(names)), labels=names, fontsize=7)
+    ax.set_xlabel("expert")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="fraction of assignments")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class ExpertLoadHeatmap(L.Callback):
+    """Writes ``<run dir>/expert_load/epoch_NNN.png``: training load per expert per MoE layer over the epoch."""
+
+    def __init__(self, dirname: str = "expert_load"):
+        self.dirname = dirname
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        take_expert_load(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        loads = take_expert_load(pl_module)
+        if loads and trainer.is_global_zero:
+            epoch = trainer.current_epoch
+            path = Path(trainer.default_root_dir) / self.dirname / f"epoch_{epoch:03d}.png"
+            plot_expert_load(loads, path, f"expert load, epoch {epoch}")
+
+
+def _number(value):
+    value = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+class MetricsJson(L.Callback):
+    """Merges the final metrics of each fit / validate / test into ``<run dir>/metrics.json`` (flat, by metric name),
+    so results can be scripted. Fit also records the best checkpoint and its score."""
+
+    def __init__(self, filename: str = "metrics.json"):
+        self.filename = filename
+
+    def _write(self, trainer, extra: dict | None = None) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        path = Path(trainer.default_root_dir) / self.filename
+        metrics = json.loads(path.read_text()) if path.exists() else {}
+        for name, value in trainer.callback_metrics.items():
+            number = _number(value)
+            if number is not None:
+                metrics[name] = number
+        metrics.update(extra or {})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+    def on_fit_end(self, trainer, pl_module):
+        extra = {"epochs": trainer.current_epoch, "global_step": trainer.global_step}
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+            extra["best_model_path"] = ckpt.best_model_path
+            extra["best_model_score"] = _number(ckpt.best_model_score)
+        self._write(trainer, extra)
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.state.fn == "validate":
+            self._write(trainer)
+
+    def on_test_end(self, trainer, pl_module):
+        self._write(trainer)
