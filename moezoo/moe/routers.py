@@ -159,19 +159,21 @@ def _flat_assignments(top_index: torch.Tensor, top_weight: torch.Tensor):
 class TopKRouter(Router):
     """Token choice: each token takes its k highest-scoring experts (Shazeer et al. 2017; Switch for k=1).
 
-    weight_{t,e} = p_{t,e} for e in TopK(s_t, k), renormalised over the k when ``normalize`` (Mixtral, DeepSeek).
+    weight_{t,e} = p_{t,e} for e in TopK(s_t, k), renormalised over the k when ``normalize`` (Mixtral, DeepSeek; the
+    default for k > 1; for k = 1 renormalising would make every weight 1 and cut the router's gradient, so Switch's
+    raw p is the default there).
     Dropless by default; with ``capacity_factor`` c each expert keeps at most C = ceil(c * T * k / E) assignments,
     its highest-scoring ones, and the rest are dropped (the token then passes through the residual only).
     """
 
     def __init__(self, dim: int, num_experts: int, k: int = 2, *, capacity_factor: float | None = None,
-                 normalize: bool = True, **kwargs):
+                 normalize: bool | None = None, **kwargs):
         super().__init__(dim, num_experts, **kwargs)
         if not 1 <= k <= self.num_slots:
             raise ValueError(f"top-k router: k={k} must be between 1 and the number of experts ({self.num_slots})")
         self.k = k
         self.capacity_factor = capacity_factor
-        self.normalize = normalize
+        self.normalize = k > 1 if normalize is None else normalize
 
     def capacity(self, num_tokens: int) -> int:
         return math.ceil(self.capacity_factor * num_tokens * self.k / self.num_slots)

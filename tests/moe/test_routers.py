@@ -1,0 +1,177 @@
+"""Routers against direct transcriptions of their papers' equations on small tensors."""
+
+import math
+
+import pytest
+import torch
+
+from moezoo.moe import ExpertChoiceRouter, TopKRouter, TopPRouter
+
+
+def _x(t=12, d=6, seed=0):
+    return torch.randn(t, d, generator=torch.Generator().manual_seed(seed))
+
+
+def _assignments(routing):
+    return {(int(t), int(e)): float(w) for t, e, w in zip(routing.token_index, routing.expert_index, routing.weight.detach())}
+
+
+def test_top_k_takes_the_k_most_probable_experts_with_renormalised_weights():
+    router = TopKRouter(6, 5, k=2)
+    x = _x()
+    routing = router(x)
+    probs = torch.softmax(x @ router.gate.weight.t(), dim=-1)
+    expected = {}
+    for t in range(x.shape[0]):
+        ranked = sorted(range(5), key=lambda e: -probs[t, e].item())[:2]
+        mass = sum(probs[t, e].item() for e in ranked)
+        expected.update({(t, e): probs[t, e].item() / mass for e in ranked})
+    got = _assignments(routing)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-5)
+    assert torch.allclose(routing.probs, probs, atol=1e-6)
+    assert routing.num_assignments == 2 * x.shape[0]
+
+
+def test_top_1_keeps_the_raw_probability_so_the_router_gets_a_gradient():
+    router = TopKRouter(6, 4, k=1)
+    routing = router(_x())
+    assert torch.allclose(routing.weight, routing.probs.max(-1).values)
+    routing.weight.sum().backward()
+    assert router.gate.weight.grad.abs().sum() > 0
+
+
+def test_top_k_capacity_keeps_each_experts_highest_scoring_assignments_and_flags_the_dropped():
+    router = TopKRouter(6, 4, k=1, capacity_factor=0.5)
+    x = _x(t=16)
+    routing = router(x)
+    capacity = math.ceil(0.5 * 16 * 1 / 4)
+    assert capacity == 2
+    counts = routing.tokens_per_expert()
+    assert (counts <= capacity).all()
+    probs = routing.probs
+    top = probs.argmax(-1)
+    for e in range(4):
+        wanted = (top == e).nonzero().flatten()
+        kept = sorted(wanted.tolist(), key=lambda t: -probs[t, e].item())[:capacity]
+        assert sorted(routing.token_index[routing.expert_index == e].tolist()) == sorted(kept)
+    kept_tokens = set(routing.token_index.tolist())
+    assert routing.dropped.tolist() == [t not in kept_tokens for t in range(16)]
+
+
+def test_top_k_is_dropless_by_default():
+    routing = TopKRouter(6, 3, k=2)(_x(t=50))
+    assert routing.num_assignments == 100 and routing.dropped is None
+
+
+@pytest.mark.parametrize("tokens,experts,factor", [(12, 4, 1.0), (10, 3, 2.0), (7, 8, 1.0), (5, 2, 4.0)])
+def test_expert_choice_gives_each_expert_exactly_capacity_tokens(tokens, experts, factor):
+    router = ExpertChoiceRouter(6, experts, capacity_factor=factor)
+    x = _x(t=tokens)
+    routing = router(x)
+    capacity = min(tokens, math.ceil(tokens * factor / experts))
+    assert routing.tokens_per_expert().tolist() == [capacity] * experts
+    probs = torch.softmax(x @ router.gate.weight.t(), dim=-1)
+    for e in range(experts):
+        mine = routing.expert_index == e
+        expected = probs[:, e].topk(capacity).indices
+        assert sorted(routing.token_index[mine].tolist()) == sorted(expected.tolist())
+        assert torch.allclose(routing.weight[mine], probs[routing.token_index[mine], e], atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8, 1.0])
+def test_top_p_picks_the_smallest_expert_set_whose_mass_reaches_p(p):
+    router = TopPRouter(6, 6, p=p)
+    with torch.no_grad():
+        router.gate.weight.mul_(4)  # sharper distributions: sets of varied size
+    x = _x(t=30)
+    routing = router(x)
+    probs = routing.probs
+    sizes = set()
+    for t in range(30):
+        chosen = routing.expert_index[routing.token_index == t].tolist()
+        ranked = probs[t].argsort(descending=True).tolist()
+        assert sorted(chosen) == sorted(ranked[: len(chosen)]), "the set is the most probable experts"
+        mass = probs[t, chosen].sum().item()
+        assert mass >= p - 1e-6, "it reaches p"
+        assert mass - probs[t, chosen].min().item() < p, "and no smaller set does"
+        sizes.add(len(chosen))
+    assert len(sizes) > 1 or p in (0.2, 1.0)
+    weights = _assignments(routing)
+    assert all(weights[(t, e)] == pytest.approx(probs[t, e].item()) for t, e in weights)
+
+
+def test_null_experts_produce_no_assignment():
+    router = TopKRouter(6, 3, k=2, num_null_experts=2)
+    with torch.no_grad():
+        router.gate.weight[3:].fill_(0)
+        router.gate.weight[3:, 0] = 100.0  # tokens with a large first feature pick the null experts
+    x = _x(t=20)
+    x[:10, 0] = 1.0
+    x[10:, 0] = -1.0
+    routing = router(x)
+    assert (routing.expert_index < 3).all()
+    assert routing.probs.shape == (20, 3)
+    assert not set(routing.token_index.tolist()) & set(range(10)), "first half went to null experts only"
+    assert routing.tokens_per_expert().sum() == 20, "second half keeps both real choices"
+
+
+def test_grouped_routing_restricts_each_token_to_its_groups_experts():
+    groups = [[0, 1], [2, 3, 4]]
+    for router in (TopKRouter(6, 5, k=2, expert_groups=groups), ExpertChoiceRouter(6, 5, expert_groups=groups),
+                   TopPRouter(6, 5, p=0.9, expert_groups=groups)):
+        group = torch.tensor([0, 1] * 8)
+        routing = router(_x(t=16), group=group)
+        allowed = [set(groups[g]) for g in group.tolist()]
+        assert all(int(e) in allowed[int(t)] for t, e in zip(routing.token_index, routing.expert_index))
+        assert torch.allclose(routing.probs.sum(-1), torch.ones(16))
+        assert (routing.probs[group == 0][:, 2:] == 0).all()
+
+
+def test_grouped_routing_needs_group_ids_and_valid_experts():
+    with pytest.raises(ValueError, match="pass group="):
+        TopKRouter(6, 4, k=1, expert_groups=[[0], [1]])(_x())
+    with pytest.raises(ValueError, match="expert_groups\\[1\\] names expert 9"):
+        TopKRouter(6, 4, k=1, expert_groups=[[0], [9]])
+
+
+def test_sigmoid_scores_are_independent_per_expert():
+    router = TopKRouter(6, 4, k=2, score="sigmoid")
+    x = _x()
+    routing = router(x)
+    assert torch.allclose(routing.probs, torch.sigmoid(x @ router.gate.weight.t()), atol=1e-6)
+
+
+def test_bias_balancing_changes_selection_but_not_gate_weights():
+    router = TopKRouter(6, 4, k=1, bias_update_rate=0.1)
+    x = _x(t=40)
+    before = router(x)
+    with torch.no_grad():
+        router.expert_bias[2] = 10.0
+    after = router(x)
+    assert (after.expert_index == 2).all()
+    assert torch.allclose(after.weight, after.probs[:, 2]), "weights are the unbiased scores"
+    assert not torch.equal(before.expert_index, after.expert_index)
+
+
+def test_bias_update_lowers_the_bias_of_overloaded_experts_after_an_optimizer_step():
+    router = TopKRouter(6, 3, k=1, bias_update_rate=0.05).train()
+    with torch.no_grad():
+        router.gate.weight.zero_()
+        router.gate.weight[0, 0] = 5.0
+    x = _x(t=30).abs()  # every token prefers expert 0
+    router(x)
+    router.after_optimizer_step()
+    assert router.expert_bias[0] == pytest.approx(-0.05)
+    assert router.expert_bias[1] == pytest.approx(0.05) and router.expert_bias[2] == pytest.approx(0.05)
+    assert router.step_counts.sum() == 0, "counts restart for the next step"
+
+
+def test_unknown_score_and_bad_k_and_bad_p_are_rejected():
+    with pytest.raises(ValueError, match="softmax"):
+        TopKRouter(4, 2, score="tanh")
+    with pytest.raises(ValueError, match="k=5"):
+        TopKRouter(4, 2, k=5)
+    with pytest.raises(ValueError, match="p=1.5"):
+        TopPRouter(4, 2, p=1.5)
