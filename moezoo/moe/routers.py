@@ -76,7 +76,8 @@ class Router(nn.Module):
         for g, experts in enumerate(expert_groups):
             for e in experts:
                 if not 0 <= e < self.num_experts:
-                    raise ValueError(f"expert_groups[{g}] names expert {e}; valid experts are 0..{self.num_experts - 1}")
+                    valid = f"0..{self.num_experts - 1}"
+                    raise ValueError(f"expert_groups[{g}] names expert {e}; valid experts are {valid}")
                 mask[g, e] = True
         mask[:, self.num_experts :] = True  # null experts serve every group
         return mask

@@ -13,7 +13,8 @@ def _x(t=12, d=6, seed=0):
 
 
 def _assignments(routing):
-    return {(int(t), int(e)): float(w) for t, e, w in zip(routing.token_index, routing.expert_index, routing.weight.detach())}
+    pairs = zip(routing.token_index, routing.expert_index, routing.weight.detach())
+    return {(int(t), int(e)): float(w) for t, e, w in pairs}
 
 
 def test_top_k_takes_the_k_most_probable_experts_with_renormalised_weights():
