@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 from moezoo.moe import take_expert_load
 
@@ -102,3 +103,28 @@ class MetricsJson(L.Callback):
 
     def on_test_end(self, trainer, pl_module):
         self._write(trainer)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes ``<run dir>/predictions.pt``: the predict outputs concatenated over batches (a dict of tensors when
+    ``predict_step`` returns dicts), and ``predictions.csv`` when there is a ``pred`` entry of one value per sample."""
+
+    def __init__(self):
+        super().__init__(write_interval="epoch")
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
+        if not trainer.is_global_zero or not predictions:
+            return
+        batches = predictions[0] if isinstance(predictions[0], list) else predictions
+        if isinstance(batches[0], dict):
+            merged = {key: torch.cat([b[key].detach().cpu() for b in batches]) for key in batches[0]}
+        else:
+            merged = torch.cat([b.detach().cpu() for b in batches])
+        root = Path(trainer.default_root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        torch.save(merged, root / "predictions.pt")
+        pred = merged.get("pred") if isinstance(merged, dict) else None
+        if pred is not None and pred.ndim == 1:
+            lines = ["index,pred"] + [f"{i},{int(v) if not v.is_floating_point() else float(v)}"
+                                      for i, v in enumerate(pred)]
+            (root / "predictions.csv").write_text("\n".join(lines) + "\n")

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from .callbacks import ExpertLoadHeatmap, MetricsJson
+from .callbacks import ExpertLoadHeatmap, MetricsJson, PredictionWriter
 from .task import TaskModule
 
 
@@ -18,7 +18,8 @@ class MoezooCLI(LightningCLI):
 
     - ``checkpoints/last.ckpt`` after every epoch (resume with ``--ckpt_path last``) and ``checkpoints/best-*.ckpt``
       by the task's validation metric;
-    - ``expert_load/epoch_NNN.png`` and ``metrics.json``; Lightning's own logs under ``lightning_logs/``.
+    - ``expert_load/epoch_NNN.png`` and ``metrics.json``; Lightning's own logs under ``lightning_logs/``;
+    - for ``predict``, ``predictions.pt`` (and ``predictions.csv`` for one label per sample).
 
     ``fit`` ends by testing the best checkpoint when the datamodule has a test split.
     """
@@ -45,6 +46,8 @@ class MoezooCLI(LightningCLI):
                 mode=self.model.monitor_mode, save_last=True, save_top_k=1,
             ))
         callbacks += [ExpertLoadHeatmap(), MetricsJson()]
+        if self.subcommand == "predict":
+            callbacks.append(PredictionWriter())
         return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
 
     def after_fit(self):
