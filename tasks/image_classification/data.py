@@ -85,8 +85,6 @@ class ImageClassificationData(L.LightningDataModule):
                  num_workers: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
                  augment: bool = True, check_images: bool = True):
         super().__init__()
-        if in_chans not in (1, 3):
-            raise MoezooError(f"data.in_chans must be 1 or 3, got {in_chans}")
         self.root = None if root is None else Path(root).expanduser()
         self.img_size, self.in_chans = image_size, in_chans
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -95,8 +93,6 @@ class ImageClassificationData(L.LightningDataModule):
         self.num_classes: int | None = None
         self.classes: list[str] = []
         self.splits: dict[str, Dataset] = {}
-        if self.root is not None and not self.root.is_dir():
-            raise MoezooError(f"data.root: no such directory: {self.root}")
         if self.root is None:
             self.num_classes, self.classes = 10, [str(d) for d in range(10)]
 
@@ -151,6 +147,11 @@ class ImageClassificationData(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        # checked here, not in __init__: LightningCLI would wrap an error raised while instantiating
+        if self.in_chans not in (1, 3):
+            raise MoezooError(f"data.in_chans must be 1 or 3, got {self.in_chans}")
+        if self.root is not None and not self.root.is_dir():
+            raise MoezooError(f"data.root: no such directory: {self.root}")
         splits = self._digits() if self.root is None else self._folders()
         if self.augment:
             jitter = transforms.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
