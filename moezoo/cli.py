@@ -45,7 +45,11 @@ def _run_lightning(stage: str, argv: list[str]) -> None:
     config = [] if task is None else ["--config", str(resolve_task(task).config)]
     from moezoo.training.cli import MoezooCLI  # heavy imports only when training
 
-    MoezooCLI(args=[stage, *config, *rest])
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the arguments go through `args`; LightningCLI warns when both are set
+    try:
+        MoezooCLI(args=[stage, *config, *rest])
+    finally:
+        sys.argv = argv
 
 
 def _print_tasks() -> None:

@@ -41,9 +41,14 @@ class MoezooCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         root = Path(trainer_config.get("default_root_dir") or ".")
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            # ModelCheckpoint's save_last only writes when a best checkpoint is written: a second, unmonitored
+            # callback writes last.ckpt after every epoch. The best one stays first (trainer.checkpoint_callback).
             callbacks.append(ModelCheckpoint(
                 dirpath=root / "checkpoints", filename="best-{epoch:03d}", monitor=self.model.monitor,
-                mode=self.model.monitor_mode, save_last=True, save_top_k=1,
+                mode=self.model.monitor_mode, save_top_k=1,
+            ))
+            callbacks.append(ModelCheckpoint(
+                dirpath=root / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False,
             ))
         callbacks += [ExpertLoadHeatmap(), MetricsJson()]
         if self.subcommand == "predict":
