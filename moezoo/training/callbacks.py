@@ -32,8 +32,13 @@ def plot_expert_load(loads: dict[str, torch.Tensor], path: Path, title: str) -> 
     for row, name in enumerate(names):
         counts = loads[name].float().cpu()
         table[row, : counts.numel()] = counts / counts.sum().clamp_min(1.0)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * width, 1.0 + 0.45 * len(names)))
+    fig, ax = plt.subplots(figsize=(max(4.5, 2.5 + 0.6 * width), 1.4 + 0.5 * len(names)))
     image = ax.imshow(table.numpy(), cmap="viridis", vmin=0.0, aspect="auto")
+    if width <= 16:  # the share of each expert, written in its cell
+        for (row, col), value in zip(torch.cartesian_prod(torch.arange(len(names)), torch.arange(width)).tolist(),
+                                     table.flatten().tolist()):
+            if math.isfinite(value):
+                ax.text(col, row, f"{value:.0%}", ha="center", va="center", fontsize=7, color="w")
     ax.set_xticks(range(width))
     ax.set_yticks(range(len(names)), labels=names, fontsize=7)
     ax.set_xlabel("expert")
