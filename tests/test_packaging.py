@@ -19,6 +19,7 @@ def test_wheel_contains_every_task_package_and_config(tmp_path):
     expected |= {f"moezoo/tasks/{p.relative_to(ROOT / 'tasks').as_posix()}" for p in (ROOT / "tasks").rglob("*.py")}
     expected |= {f"moezoo/configs/{p.relative_to(ROOT / 'configs').as_posix()}"
                  for p in (ROOT / "configs").glob("*/*.yaml")}
+    expected |= {f"moezoo/tasks/graph/cora/raw/{p.name}" for p in (ROOT / "tasks/graph/cora/raw").iterdir()}
     assert any(name.startswith("moezoo/configs/image-classification/") for name in expected)
     assert expected <= names, sorted(expected - names)
     assert not any(name.startswith(("tasks/", "kernels/", "configs/", "tests/")) for name in names)

@@ -40,12 +40,15 @@ class MoezooCLI(LightningCLI):
         callbacks = trainer_config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         root = Path(trainer_config.get("default_root_dir") or ".")
+        # the data may decide the metric (e.g. ROC-AUC for two-class graphs)
+        monitor = getattr(self.datamodule, "monitor", None) or self.model.monitor
+        mode = getattr(self.datamodule, "monitor_mode", None) or self.model.monitor_mode
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             # ModelCheckpoint's save_last only writes when a best checkpoint is written: a second, unmonitored
             # callback writes last.ckpt after every epoch. The best one stays first (trainer.checkpoint_callback).
             callbacks.append(ModelCheckpoint(
-                dirpath=root / "checkpoints", filename="best-{epoch:03d}", monitor=self.model.monitor,
-                mode=self.model.monitor_mode, save_top_k=1,
+                dirpath=root / "checkpoints", filename="best-{epoch:03d}", monitor=monitor, mode=mode,
+                save_top_k=1,
             ))
             callbacks.append(ModelCheckpoint(
                 dirpath=root / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False,

@@ -1,0 +1,116 @@
+"""Node classification: single experts (MLP, GCN, GraphSAGE, GAT, GIN from PyG) and Mowst / Mowst*.
+
+Mowst (Zeng et al., ICLR 2024, "Mixture of Weak & Strong Experts on Graphs"): a weak MLP expert on the node's own
+features and a strong GNN expert, mixed per node by the weak expert's confidence C (see ``confidence.py``).
+
+    Mowst   loss per train node: C * CE(weak) + (1 - C) * CE(strong); trained by alternating phases (the weak expert
+            and its confidence with the strong expert frozen, then the strong expert with the weak one frozen);
+            inference: the weak prediction with probability C, else the strong one ("sampled", averaged over draws),
+            or the expected mixture C * p_weak + (1 - C) * p_strong ("expected").
+    Mowst*  C = sigmoid(GateMLP([D_var, D_ent] (, x))), all trained jointly on the mixture's cross-entropy
+            -log(C p_weak + (1 - C) p_strong)[y] ("joint") or on C * CE(weak) + (1 - C) * CE(strong) ("separate").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch_geometric.nn.models import GAT, GCN, GIN, MLP, GraphSAGE
+from torchmetrics.functional.classification import binary_auroc
+
+from moezoo.training import TaskModule
+
+GNNS = {"gcn": GCN, "sage": GraphSAGE, "gat": GAT, "gin": GIN}
+EXPERTS = ("mlp", *GNNS)
+DEGREE_BUCKETS = (0, 2, 4, 8, 16, 32)  # bucket b holds nodes with DEGREE_BUCKETS[b] <= degree < DEGREE_BUCKETS[b+1]
+
+
+def build_expert(kind: str, in_channels: int, hidden: int, out_channels: int, num_layers: int, dropout: float):
+    """A PyG model: ``mlp`` (torch_geometric.nn.MLP, no norm) or a GNN from ``GNNS``."""
+    if kind == "mlp":
+        return MLP(in_channels=in_channels, hidden_channels=hidden, out_channels=out_channels,
+                   num_layers=num_layers, dropout=dropout, norm=None)
+    if kind not in GNNS:
+        raise ValueError(f"unknown expert {kind!r}; valid: {', '.join(EXPERTS)}")
+    return GNNS[kind](in_channels, hidden, num_layers, out_channels, dropout=dropout)
+
+
+def expert_logits(expert, data):
+    return expert(data.x) if isinstance(expert, MLP) else expert(data.x, data.edge_index)
+
+
+class GraphTask(TaskModule):
+    """Full-batch node classification: metrics on the split masks, lazy build from the data's sizes.
+
+    The experts are built in ``configure_model`` from the datamodule's ``num_features`` / ``num_classes`` unless
+    both are given. Optimiser: Adam with L2 weight decay (the usual GNN setup), no schedule.
+    """
+
+    monitor = "val/acc"
+    monitor_mode = "max"
+
+    def __init__(self, hidden: int, num_layers: int, dropout: float, lr: float, weight_decay: float,
+                 num_features: int | None, num_classes: int | None):
+        super().__init__(lr=lr, weight_decay=weight_decay, cosine=False)
+        self.hidden, self.num_layers, self.dropout = hidden, num_layers, dropout
+        self.built = False
+        if num_features is not None and num_classes is not None:
+            self._build(num_features, num_classes)
+
+    def configure_model(self) -> None:
+        if not self.built:
+            data = self.trainer.datamodule
+            self._build(data.num_features, data.num_classes)
+
+    def _build(self, num_features: int, num_classes: int) -> None:
+        self.hparams.update(num_features=num_features, num_classes=num_classes)
+        self.num_classes = num_classes
+        self.build(num_features, num_classes)
+        self.built = True
+
+    def build(self, num_features: int, num_classes: int) -> None:
+        raise NotImplementedError
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def metrics(self, probs: torch.Tensor, data, stage: str) -> dict[str, torch.Tensor]:
+        """Accuracy (and ROC-AUC for two classes) of probs [N, C] on the stage's mask."""
+        mask = getattr(data, f"{stage}_mask")
+        y = data.y[mask]
+        metrics = {f"{stage}/acc": (probs[mask].argmax(-1) == y).float().mean()}
+        if self.num_classes == 2:
+            metrics[f"{stage}/roc_auc"] = binary_auroc(probs[mask, 1], y)
+        return metrics
+
+
+class NodeClassifier(GraphTask):
+    """One expert alone (the Mowst baselines): ``expert`` in mlp, gcn, sage, gat, gin; cross-entropy on train nodes."""
+
+    def __init__(self, expert: str = "gcn", hidden: int = 64, num_layers: int = 2, dropout: float = 0.5,
+                 lr: float = 0.01, weight_decay: float = 5e-4, num_features: int | None = None,
+                 num_classes: int | None = None):
+        if expert not in EXPERTS:
+            raise ValueError(f"unknown expert {expert!r}; valid: {', '.join(EXPERTS)}")
+        self.expert = expert
+        super().__init__(hidden, num_layers, dropout, lr, weight_decay, num_features, num_classes)
+        self.save_hyperparameters()
+
+    def build(self, num_features, num_classes):
+        self.net = build_expert(self.expert, num_features, self.hidden, num_classes, self.num_layers, self.dropout)
+
+    def forward(self, data):
+        return expert_logits(self.net, data)
+
+    def task_step(self, data, stage):
+        logits = self(data)
+        mask = getattr(data, f"{stage}_mask")
+        loss = F.cross_entropy(logits[mask], data.y[mask])
+        self.log(f"{stage}/loss" if stage != "train" else "train/task_loss", loss, batch_size=1)
+        if stage != "train":
+            self.log_dict(self.metrics(logits.softmax(-1), data, stage), batch_size=1, prog_bar=stage == "val")
+        return loss
+
+    def predict_step(self, data, batch_idx):
+        probs = self(data).softmax(-1)
+        return {"pred": probs.argmax(-1), "prob": probs}

@@ -1,0 +1,37 @@
+"""Graph variants end to end through the CLI: fit, test from the checkpoint, and the heterophilous npz data."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moezoo.cli import main
+
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "graph"
+QUIET = ["--trainer.enable_progress_bar", "false"]
+
+
+def _metrics(root):
+    return json.loads((root / "metrics.json").read_text())
+
+
+def test_mowst_fits_on_embedded_cora_and_tests_again_from_its_checkpoint(tmp_path):
+    main(["fit", "--task", "graph/mowst-gcn", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs",
+          "12", "--model.init_args.phase_patience", "3", *QUIET])
+    fit = _metrics(tmp_path)
+    assert {"test/acc", "test/acc_sampled", "moe/mowst/test/weak_share", "train/phase_is_weak"} <= fit.keys()
+    assert any(k.startswith("moe/mowst/test/weak_share_degree") for k in fit)
+    assert any(k.startswith("moe/mowst/test/weak_share_class") for k in fit)
+    main(["test", "--task", "graph/mowst-gcn", "--trainer.default_root_dir", str(tmp_path),
+          "--ckpt_path", fit["best_model_path"], *QUIET])
+    assert _metrics(tmp_path)["test/acc"] == pytest.approx(fit["test/acc"], abs=1e-6)
+
+
+@pytest.mark.skipif(not (SHARED / "minesweeper.npz").is_file(), reason="shared data not present")
+@pytest.mark.parametrize("task", ["graph/gcn", "graph/mowst-star-gcn"])
+def test_heterophilous_npz_trains_with_roc_auc(task, tmp_path):
+    main(["fit", "--task", task, "--data.root", str(SHARED), "--data.name", "minesweeper", "--data.split", "2",
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "3", *QUIET])
+    metrics = _metrics(tmp_path)
+    assert 0.0 <= metrics["test/roc_auc"] <= 1.0
+    assert "best-epoch" in metrics["best_model_path"]
