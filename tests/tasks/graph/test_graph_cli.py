@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from moezoo.cli import main
+from moezoo.registry import list_tasks
 
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "graph"
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -28,10 +29,26 @@ def test_mowst_fits_on_embedded_cora_and_tests_again_from_its_checkpoint(tmp_pat
 
 
 @pytest.mark.skipif(not (SHARED / "minesweeper.npz").is_file(), reason="shared data not present")
-@pytest.mark.parametrize("task", ["graph/gcn", "graph/mowst-star-gcn"])
-def test_heterophilous_npz_trains_with_roc_auc(task, tmp_path):
+@pytest.mark.parametrize("task", [name for name in list_tasks() if name.startswith("graph/")])
+def test_every_graph_variant_trains_on_the_shared_npz_with_roc_auc(task, tmp_path):
     main(["fit", "--task", task, "--data.root", str(SHARED), "--data.name", "minesweeper", "--data.split", "2",
-          "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "3", *QUIET])
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "2", *QUIET])
     metrics = _metrics(tmp_path)
     assert 0.0 <= metrics["test/roc_auc"] <= 1.0
     assert "best-epoch" in metrics["best_model_path"]
+
+
+@pytest.mark.parametrize("flags", [["--model.init_args.confidence", "learned"],
+                                   ["--model.init_args.confidence", "entropy", "--model.init_args.alpha", "2"],
+                                   ["--model.init_args.first_phase", "weak"]])
+def test_mowst_options_train_through_the_cli(flags, tmp_path):
+    main(["fit", "--task", "graph/mowst-sage", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs",
+          "4", "--model.init_args.phase_patience", "1", *flags, *QUIET])
+    assert 0.0 <= _metrics(tmp_path)["test/acc"] <= 1.0
+
+
+def test_mowst_star_separate_loss_with_gate_features(tmp_path):
+    main(["fit", "--task", "graph/mowst-star-gin", "--trainer.default_root_dir", str(tmp_path),
+          "--trainer.max_epochs", "3", "--model.init_args.star_loss", "separate",
+          "--model.init_args.gate_features", "true", *QUIET])
+    assert 0.0 <= _metrics(tmp_path)["test/acc"] <= 1.0

@@ -1,0 +1,76 @@
+"""Quality benchmark of the graph family: MLP, GCN, Mowst-GCN and Mowst*-GCN over seeds or fixed splits.
+
+Each cell runs the registered variant through the CLI (`moezoo fit --task graph/<method> ...`, best-validation
+checkpoint, then test) and reads its metrics.json.
+
+    python benchmarks/graph_mowst.py --root ../shared/data/graph --datasets Cora minesweeper tolokers --json out.json
+
+Cora: the public split with seeds 0..runs-1 (embedded copy when --root is not given). Heterophilous npz sets:
+their fixed splits 0..runs-1 with seed 0, scored by ROC-AUC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from moezoo.cli import main as moezoo
+
+PLANETOID = {"cora", "citeseer", "pubmed"}
+
+
+def run_cell(method: str, dataset: str, root: str | None, run: int, workdir: Path) -> dict:
+    out = workdir / f"{method}-{dataset}-{run}"
+    args = ["fit", "--task", f"graph/{method}", "--trainer.default_root_dir", str(out),
+            "--trainer.enable_progress_bar", "false", "--data.name", dataset]
+    if dataset.lower() in PLANETOID:
+        args += ["--seed_everything", str(run)]
+        if root:
+            args += ["--data.root", root]
+    else:
+        args += ["--seed_everything", "0", "--data.root", root, "--data.split", str(run)]
+    start = time.perf_counter()
+    moezoo(args)
+    seconds = time.perf_counter() - start
+    metrics = json.loads((out / "metrics.json").read_text())
+    metric = "test/acc" if dataset.lower() in PLANETOID else "test/roc_auc"
+    return {"score": metrics[metric], "metric": metric, "epochs": metrics["epochs"], "seconds": seconds,
+            "seconds_per_epoch": seconds / max(1, metrics["epochs"]),
+            "weak_share": metrics.get("moe/mowst/test/weak_share")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=None, help="folder with Cora/raw and <name>.npz files")
+    parser.add_argument("--datasets", nargs="+", default=["Cora"])
+    parser.add_argument("--methods", nargs="+", default=["mlp", "gcn", "mowst-gcn", "mowst-star-gcn"])
+    parser.add_argument("--runs", type=int, default=10, help="seeds (Planetoid) or fixed splits (npz)")
+    parser.add_argument("--json", default=None, help="write all cells and the summary here")
+    args = parser.parse_args()
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dataset in args.datasets:
+            for method in args.methods:
+                cells = [run_cell(method, dataset, args.root, run, Path(tmp)) for run in range(args.runs)]
+                scores = [c["score"] for c in cells]
+                summary = {
+                    "metric": cells[0]["metric"], "mean": statistics.mean(scores),
+                    "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "runs": len(scores),
+                    "seconds_per_epoch": statistics.mean(c["seconds_per_epoch"] for c in cells),
+                    "epochs": statistics.mean(c["epochs"] for c in cells), "cells": cells,
+                }
+                results[f"{dataset}/{method}"] = summary
+                print(f"{dataset:12s} {method:16s} {summary['metric']:13s} {summary['mean']:.4f} ± {summary['std']:.4f}"
+                      f"  ({summary['runs']} runs, {summary['epochs']:.0f} epochs, "
+                      f"{1000 * summary['seconds_per_epoch']:.1f} ms/epoch)", flush=True)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
