@@ -52,3 +52,14 @@ def test_mowst_star_separate_loss_with_gate_features(tmp_path):
           "--trainer.max_epochs", "3", "--model.init_args.star_loss", "separate",
           "--model.init_args.gate_features", "true", *QUIET])
     assert 0.0 <= _metrics(tmp_path)["test/acc"] <= 1.0
+
+
+@pytest.mark.skipif(not (SHARED / "Cora").is_dir(), reason="shared data not present")
+def test_planetoid_root_through_the_cli(tmp_path):
+    import shutil
+
+    shutil.copytree(SHARED / "Cora", tmp_path / "graphs" / "Cora")  # a writable copy: nothing may be written there
+    main(["fit", "--task", "graph/mowst-star-gcn", "--data.root", str(tmp_path / "graphs"), "--data.name", "Cora",
+          "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_epochs", "2", *QUIET])
+    assert "test/acc" in _metrics(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "graphs" / "Cora").iterdir()) == ["raw"]
