@@ -81,5 +81,6 @@ class GroupedMM(torch.autograd.Function):
 
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Differentiable grouped GEMM: x [N, K] sorted by expert, w [E, K, M], offsets [E] int32 cumulative ends."""
-    return GroupedMM.apply(x, w, offsets)
+    """Differentiable grouped GEMM: x [N, K] sorted by expert, w [E, K, M], offsets [E] cumulative ends (any integer
+    dtype; torch's grouped_mm wants int32)."""
+    return GroupedMM.apply(x, w, offsets.to(torch.int32))

@@ -69,7 +69,8 @@ class MoETransformer(nn.Module):
     (blocks moe_every-1, 2*moe_every-1, ...; moe_every=1 makes every FFN an MoE, 0 none) and a final norm.
 
     Keywords of ``forward`` other than ``cond``, ``attn_mask`` and ``is_causal`` go to the MoE layers
-    (``group``, ``router_input``, ``condition``).
+    (``group``, ``router_input``, ``condition``). With ``is_causal`` the model is causal only under dropless
+    token-choice routing: with a capacity factor, or expert choice, which tokens an expert takes depends on later ones.
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, *, mlp_ratio: float = 4.0, moe: MoEArgs | None = None,

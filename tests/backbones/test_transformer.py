@@ -1,37 +1,68 @@
-"""MoETransformer: MoE placement, adaLN-Zero identity at init, causal attention."""
+"""MoETransformer: MoE placement, output shape, adaLN-Zero identity at init, causal attention."""
 
+import pytest
 import torch
 
 from moezoo.backbones import MoETransformer, TransformerBlock
 from moezoo.moe import DenseMLP, MoE, MoEArgs
 
 
-def test_moe_every_second_block():
-    model = MoETransformer(16, depth=4, num_heads=2, moe=MoEArgs(num_experts=3, k=1), moe_every=2)
-    assert [isinstance(b.ffn, MoE) for b in model.blocks] == [False, True, False, True]
-    assert model(torch.randn(2, 5, 16)).shape == (2, 5, 16)
-    dense = MoETransformer(16, depth=3, num_heads=2, moe_every=0)
-    assert not any(isinstance(b.ffn, MoE) for b in dense.blocks)
+@pytest.mark.parametrize(
+    "moe_every,expected",
+    [(2, [False, True, False, True]), (1, [True] * 4), (3, [False, False, True, False]), (0, [False] * 4)],
+)
+def test_moe_every_puts_moe_layers_in_blocks_moe_every_minus_1_2_moe_every_minus_1(moe_every, expected):
+    model = MoETransformer(16, depth=4, num_heads=2, moe=MoEArgs(num_experts=3, k=1), moe_every=moe_every)
+    assert [isinstance(block.ffn, MoE) for block in model.blocks] == expected
+    assert all(isinstance(block.ffn, DenseMLP) for block, moe in zip(model.blocks, expected) if not moe)
 
 
-def test_adaln_zero_block_is_the_identity_at_initialisation():
-    block = TransformerBlock(16, 2, DenseMLP(16, 32), cond_dim=8)
+@pytest.mark.parametrize("cond_dim", [None, 8])
+def test_output_keeps_the_batch_tokens_dim_shape(cond_dim):
+    model = MoETransformer(16, depth=2, num_heads=2, moe=MoEArgs(num_experts=3, k=2), moe_every=1, cond_dim=cond_dim)
+    cond = None if cond_dim is None else torch.randn(2, cond_dim)
+    y = model(torch.randn(2, 5, 16), cond)
+    assert y.shape == (2, 5, 16) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("ffn", ["dense", "moe"])
+def test_adaln_zero_block_is_the_identity_at_initialisation(ffn):
+    torch.manual_seed(0)
+    layer = DenseMLP(16, 32) if ffn == "dense" else MoEArgs(num_experts=3, k=2).build(16, 32)
+    block = TransformerBlock(16, 2, layer, cond_dim=8)
     x = torch.randn(3, 5, 16)
-    assert torch.equal(block(x, torch.randn(3, 8)), x)
+    assert torch.equal(block(x, torch.randn(3, 8)), x), "both gates start at zero"
     with torch.no_grad():
         block.modulation[1].bias.normal_()
-    assert not torch.allclose(block(x, torch.randn(3, 8)), x), "the condition now modulates the block"
+    assert not torch.allclose(block(x, torch.randn(3, 8)), x), "once the gates move, the condition modulates the block"
 
 
-def test_causal_attention_outputs_do_not_depend_on_later_tokens():
+def test_adaln_model_at_initialisation_is_only_its_final_norm():
     torch.manual_seed(0)
-    model = MoETransformer(16, depth=2, num_heads=2, moe=MoEArgs(num_experts=4, k=2), moe_every=1).eval()
-    x = torch.randn(1, 6, 16)
+    model = MoETransformer(16, depth=3, num_heads=2, moe=MoEArgs(num_experts=3, k=1), moe_every=2, cond_dim=8)
+    x = torch.randn(2, 4, 16)
+    assert torch.equal(model(x, torch.randn(2, 8)), model.norm(x))
+
+
+def test_adaln_block_without_a_condition_raises():
+    block = TransformerBlock(16, 2, DenseMLP(16, 32), cond_dim=8)
+    with pytest.raises(ValueError, match="cond="):
+        block(torch.randn(1, 2, 16))
+
+
+@pytest.mark.parametrize("moe_every", [0, 1], ids=["dense", "moe"])
+def test_causal_attention_outputs_do_not_depend_on_later_tokens(moe_every):
+    # token-choice routing without capacity is per token, so MoE layers keep the model causal
+    torch.manual_seed(0)
+    model = MoETransformer(16, depth=2, num_heads=2, moe=MoEArgs(num_experts=4, k=2), moe_every=moe_every).eval()
+    x = torch.randn(2, 6, 16)
     changed = x.clone()
-    changed[:, 4:] = torch.randn(1, 2, 16)
+    changed[:, 4:] = torch.randn(2, 2, 16)
     y, y_changed = model(x, is_causal=True), model(changed, is_causal=True)
-    assert torch.allclose(y[:, :4], y_changed[:, :4], atol=1e-6)
+    torch.testing.assert_close(y[:, :4], y_changed[:, :4], rtol=0, atol=1e-6)
     assert not torch.allclose(y[:, 4:], y_changed[:, 4:])
+    # the check has teeth: without the causal mask the early outputs do see the later tokens
+    assert not torch.allclose(model(x)[:, :4], model(changed)[:, :4])
 
 
 def test_moe_keywords_reach_the_moe_layers():

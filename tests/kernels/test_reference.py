@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import moezoo.kernels.dispatch as dispatch
 import moezoo.kernels.reference as ref
 from moezoo import kernels
+from moezoo.kernels.moe_mlp import moe_mlp_reference
 
 needs_torch_grouped_mm = pytest.mark.skipif(ref._torch_grouped_mm is None, reason="this torch has no grouped_mm")
 
@@ -79,13 +80,20 @@ def test_grouped_mm_matches_naive_loop_with_empty_experts(rows, k, m, experts):
             assert torch.equal(gw[e], torch.zeros(k, m)), f"expert {e} got no rows but a nonzero weight gradient"
 
 
-def test_grouped_mm_backward_accepts_an_expanded_gradient():
+def test_grouped_mm_backward_accepts_expanded_gradients():
     x = torch.randn(8, 16, requires_grad=True)
     w = torch.randn(2, 16, 16, requires_grad=True)
-    kernels.grouped_mm(x, w, _offsets([3, 5])).sum().backward()  # .sum() sends a gradient with zero strides
+    kernels.grouped_mm(x, w, _offsets([3, 5])).sum().backward()  # .sum() sends a gradient with strides (0, 0)
     torch.testing.assert_close(x.grad[:3], w[0].sum(-1).expand(3, 16).detach())
     torch.testing.assert_close(x.grad[3:], w[1].sum(-1).expand(5, 16).detach())
     torch.testing.assert_close(w.grad[1], x[3:].sum(0).unsqueeze(-1).expand(16, 16).detach())
+
+    x.grad = w.grad = None
+    v = torch.randn(16)
+    # .sum(0) sends strides (0, 1): unit last stride, so it would pass the alignment check unless made contiguous
+    kernels.grouped_mm(x, w, _offsets([3, 5])).sum(0).backward(v)
+    torch.testing.assert_close(x.grad[:3], (w[0] @ v).expand(3, 16).detach())
+    torch.testing.assert_close(w.grad[0], torch.outer(x[:3].sum(0), v).detach())
 
 
 @pytest.mark.parametrize("counts", [[2, 0, 4, 3], [0, 5, 0, 4, 0]], ids=["middle-empty", "ends-empty"])
@@ -110,7 +118,7 @@ def test_fast_path_is_taken_only_where_torch_grouped_mm_rules_allow():
     assert not ref._fast_path_ok(torch.randn(32, 6), torch.randn(4, 6, 32)), "K=6 rows are not 16-byte aligned"
     assert not ref._fast_path_ok(x, torch.randn(4, 16, 10)), "M=10 rows are not 16-byte aligned"
     assert not ref._fast_path_ok(x, torch.randn(4, 32, 16).transpose(1, 2)), "last stride is not 1"
-    assert not ref._fast_path_ok(torch.randn(33, 16)[1:, :], w) is False  # a whole-row offset keeps 64-byte alignment
+    assert ref._fast_path_ok(torch.randn(33, 16)[1:], w), "a view starting one 64-byte row in stays aligned"
     assert not ref._fast_path_ok(torch.randn(32 * 16 + 1)[1:].view(32, 16), w), "data pointer off by 4 bytes"
 
 
@@ -329,4 +337,4 @@ def test_backend_is_taken_from_the_argument_then_the_environment_then_reference(
     assert calls == ["spy"] and out.shape == (2, 4)
     kernels.grouped_mm(*_small_inputs(), backend="reference")
     assert calls == ["spy"], "the argument wins over the environment"
-    assert dispatch.resolve("moe_mlp") is kernels.moe_mlp_reference
+    assert dispatch.resolve("moe_mlp") is moe_mlp_reference
