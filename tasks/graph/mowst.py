@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .confidence import DispersionConfidence, DispersionGate, LearnedConfidence
-from .model import DEGREE_BUCKETS, GNNS, GraphTask, build_expert
+from .model import DEGREE_BUCKETS, GNNS, GraphTask, build_expert, expert_logits
 
 
 def mowst_loss(conf: torch.Tensor, weak_logits: torch.Tensor, strong_logits: torch.Tensor, y: torch.Tensor):
@@ -39,6 +39,8 @@ class Mowst(GraphTask):
             (sigmoid head on the MLP's last hidden layer). Mowst* always uses the dispersion gate MLP.
         gate_features: Mowst*: the gate also sees the node's features.
         star_loss: Mowst*: ``joint`` (mixture cross-entropy) or ``separate`` (gated sum of the two losses).
+        pretrain, pretrain_epochs: Mowst*: train only the ``weak`` or ``strong`` expert, on its own cross-entropy,
+            for the first ``pretrain_epochs`` epochs (``pretrain: null`` for none).
         first_phase: Mowst: which expert trains first (``strong`` pre-trains the GNN before the weak expert
             learns where it can take over; ``weak`` is the order of the paper's algorithm).
         phase_patience: Mowst: a phase ends after this many epochs without a better validation score.
@@ -48,7 +50,8 @@ class Mowst(GraphTask):
     """
 
     def __init__(self, strong: str = "gcn", star: bool = False, confidence: str = "variance", alpha: float = 1.0,
-                 gate_features: bool = False, star_loss: str = "joint", first_phase: str = "strong",
+                 gate_features: bool = False, star_loss: str = "joint", pretrain: str | None = None,
+                 pretrain_epochs: int = 0, first_phase: str = "strong",
                  phase_patience: int = 50, round_patience: int = 3, inference: str = "expected",
                  num_draws: int = 50, hidden: int = 64, num_layers: int = 2, dropout: float = 0.5,
                  lr: float = 0.01, weight_decay: float = 5e-4, num_features: int | None = None,
@@ -57,11 +60,13 @@ class Mowst(GraphTask):
                                   ("confidence", confidence, ("variance", "entropy", "learned")),
                                   ("star_loss", star_loss, ("joint", "separate")),
                                   ("first_phase", first_phase, ("weak", "strong")),
+                                  ("pretrain", pretrain, (None, "weak", "strong")),
                                   ("inference", inference, ("expected", "sampled"))):
             if value not in valid:
-                raise ValueError(f"model.init_args.{key}={value!r} is not one of {', '.join(valid)}")
+                raise ValueError(f"model.init_args.{key}={value!r} is not one of {', '.join(map(str, valid))}")
         self.strong_kind, self.star, self.confidence_kind, self.alpha = strong, star, confidence, alpha
         self.gate_features, self.star_loss, self.first_phase = gate_features, star_loss, first_phase
+        self.pretrain, self.pretrain_epochs = pretrain, pretrain_epochs
         self.phase_patience, self.round_patience = phase_patience, round_patience
         self.inference, self.num_draws = inference, num_draws
         super().__init__(hidden, num_layers, dropout, lr, weight_decay, num_features, num_classes)
@@ -97,7 +102,10 @@ class Mowst(GraphTask):
     # -- training -------------------------------------------------------------------------------------------------
     def training_step(self, data, batch_idx):
         mask, y = data.train_mask, data.y[data.train_mask]
-        if self.star:
+        if self.star and self.pretrain is not None and self.current_epoch < self.pretrain_epochs:
+            expert = self.weak if self.pretrain == "weak" else self.strong
+            loss = F.cross_entropy(expert_logits(expert, data)[mask], y)
+        elif self.star:
             weak_logits, strong_logits, conf = self(data)
             loss_fn = mixture_loss if self.star_loss == "joint" else mowst_loss
             loss = loss_fn(conf[mask], weak_logits[mask], strong_logits[mask], y)

@@ -95,3 +95,18 @@ def test_experts_are_pyg_models_and_unknown_names_are_rejected():
         Mowst(strong="gcm")
     with pytest.raises(ValueError, match="unknown expert 'gnn'"):
         NodeClassifier(expert="gnn")
+
+
+def test_mowst_star_pretraining_trains_only_the_chosen_expert_on_its_own_loss():
+    model = Mowst(strong="gcn", star=True, pretrain="strong", pretrain_epochs=2, num_features=5, num_classes=3)
+    model.eval()  # no dropout, so the loss can be recomputed
+    model.log = lambda *a, **k: None
+    data = _toy()
+    loss = model.training_step(data, 0)  # current_epoch is 0 outside a trainer
+    strong_logits = model.strong(data.x, data.edge_index)
+    assert loss.item() == pytest.approx(F.cross_entropy(strong_logits[data.train_mask], data.y[data.train_mask]).item())
+    loss.backward()
+    assert all(p.grad is None for p in [*model.weak.parameters(), *model.gate.parameters()])
+    assert any(p.grad is not None for p in model.strong.parameters())
+    with pytest.raises(ValueError, match="pretrain='both'"):
+        Mowst(star=True, pretrain="both")
