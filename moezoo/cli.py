@@ -48,8 +48,22 @@ def _run_lightning(stage: str, argv: list[str]) -> None:
     argv, sys.argv = sys.argv, sys.argv[:1]  # the arguments go through `args`; LightningCLI warns when both are set
     try:
         MoezooCLI(args=[stage, *config, *rest])
+    except ValueError as err:  # a class rejected its arguments while LightningCLI instantiated it
+        reason = _instantiation_error(str(err))
+        if reason is None:
+            raise
+        raise MoezooError(reason) from None
     finally:
         sys.argv = argv
+
+
+def _instantiation_error(message: str) -> str | None:
+    """The user-facing reason inside jsonargparse's "Does not validate against any of the Union subtypes" error."""
+    if not message.startswith("Does not validate against any of the Union subtypes"):
+        return None
+    reasons = [line.strip()[2:] for line in message.splitlines() if line.strip().startswith("- ")]
+    reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
+    return reasons[0] if reasons else None
 
 
 def _print_tasks() -> None:

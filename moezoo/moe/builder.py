@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch.nn as nn
 
@@ -23,11 +24,11 @@ class MoEArgs:
     """
 
     num_experts: int = 8
-    router: str = "top_k"
+    router: Literal["top_k", "expert_choice", "top_p"] = "top_k"
     k: int = 2
     capacity_factor: float | None = None
     p: float = 0.4
-    score: str = "softmax"
+    score: Literal["softmax", "sigmoid"] = "softmax"
     num_null_experts: int = 0
     num_shared_experts: int = 0
     expert_hidden_ratio: float = 1.0

@@ -13,6 +13,7 @@ Each batch is the whole graph (a PyG ``Data`` with ``train_mask``/``val_mask``/`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -91,7 +92,8 @@ class GraphData(L.LightningDataModule):
     """
 
     def __init__(self, root: str | None = None, name: str = "Cora", split: int = 0,
-                 normalize_features: bool | None = None, metric: str = "auto"):
+                 normalize_features: bool | None = None,
+                 metric: Literal["auto", "acc", "roc_auc"] = "auto"):
         super().__init__()
         self.root = None if root is None else Path(root).expanduser()
         self.name, self.split, self.metric_arg = name, split, metric

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +50,12 @@ class Mowst(GraphTask):
             both are always logged, the sampled one averaged over ``num_draws`` seeded draws (``*_sampled``).
     """
 
-    def __init__(self, strong: str = "gcn", star: bool = False, confidence: str = "variance", alpha: float = 1.0,
-                 gate_features: bool = False, star_loss: str = "joint", pretrain: str | None = None,
-                 pretrain_epochs: int = 0, first_phase: str = "strong",
-                 phase_patience: int = 50, round_patience: int = 3, inference: str = "expected",
+    def __init__(self, strong: Literal["gcn", "sage", "gat", "gin"] = "gcn", star: bool = False,
+                 confidence: Literal["variance", "entropy", "learned"] = "variance", alpha: float = 1.0,
+                 gate_features: bool = False, star_loss: Literal["joint", "separate"] = "joint",
+                 pretrain: Literal["weak", "strong"] | None = None, pretrain_epochs: int = 0,
+                 first_phase: Literal["weak", "strong"] = "strong", phase_patience: int = 50,
+                 round_patience: int = 3, inference: Literal["expected", "sampled"] = "expected",
                  num_draws: int = 50, hidden: int = 64, num_layers: int = 2, dropout: float = 0.5,
                  lr: float = 0.01, weight_decay: float = 5e-4, num_features: int | None = None,
                  num_classes: int | None = None):
