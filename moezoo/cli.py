@@ -75,6 +75,14 @@ def _print_tasks() -> None:
         print(f"{name:<{width}}  {variant.description}")
 
 
+def _message(err: MoezooError) -> str:
+    """The error's own line: a DataLoader worker re-raises it with the worker's traceback in front of it."""
+    text = str(err)
+    if "Original Traceback" in text:
+        text = text.rstrip().splitlines()[-1].removeprefix(f"{MoezooError.__module__}.{MoezooError.__name__}: ")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             raise MoezooError(f"unknown command {command!r}; valid: {', '.join((*STAGES, 'tasks'))}")
     except MoezooError as err:
-        print(f"{Path(sys.argv[0]).name or 'moezoo'}: error: {err}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name or 'moezoo'}: error: {_message(err)}", file=sys.stderr)
         sys.exit(2)
 
 

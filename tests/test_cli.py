@@ -1,6 +1,7 @@
 """End-to-end runs of the `moezoo` command: every registered variant, run directory contents, and user errors."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,69 +13,105 @@ from PIL import Image
 from moezoo.cli import main
 from moezoo.registry import list_tasks
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST = ["--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
         "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
         "--model.init_args.embed_dim", "32", "--model.init_args.depth", "2"]
 
 
-def _run(tmp_path, *args):
-    main([*args, "--trainer.default_root_dir", str(tmp_path)])
-    return json.loads((tmp_path / "metrics.json").read_text())
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: as fast for these tiny models, and far faster when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run(run_dir: Path, *args) -> dict:
+    """`moezoo ARGS --trainer.default_root_dir RUN_DIR` in this process; the run's metrics.json."""
+    main([*args, "--trainer.default_root_dir", str(run_dir)])
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _user_error(capfd, monkeypatch, *args) -> str:
+    """`moezoo ARGS` in this process, expected to stop on a user error: its stderr."""
+    monkeypatch.setattr(sys, "argv", ["moezoo"])
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    assert exit_.value.code == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[-3000:]
+    return err
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("moezoo: error:")]
 
 
 def _moezoo(*args, cwd):
     """Run the console script in a subprocess (as a user would), returning (exit code, stdout, stderr)."""
     script = Path(sys.executable).with_name("moezoo")
-    done = subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=240)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
     return done.returncode, done.stdout, done.stderr
 
 
 def test_tasks_lists_every_variant_with_its_description(capsys):
     main(["tasks"])
-    out = capsys.readouterr().out
-    for name, variant in list_tasks().items():
-        assert name in out and variant.description and variant.description[:40] in out
-    assert "image-classification" in out and "digits" in out
+    lines = capsys.readouterr().out.splitlines()
+    listed = dict(line.split(None, 1) for line in lines)
+    assert listed == {name: variant.description for name, variant in list_tasks().items()}
+    assert "image-classification" in listed and "digits" in listed["image-classification"]
+    assert all(listed.values()), "every packaged YAML starts with a description comment"
 
 
 @pytest.mark.parametrize("task", sorted(list_tasks()))
 def test_every_registered_variant_fits_through_the_cli(task, tmp_path):
-    main(["fit", "--task", task, "--trainer.default_root_dir", str(tmp_path), "--trainer.fast_dev_run", "1",
-          "--trainer.enable_progress_bar", "false"])
-    assert (tmp_path / "metrics.json").exists()
+    metrics = _run(tmp_path, "fit", "--task", task, "--trainer.fast_dev_run", "1",
+                   "--trainer.enable_progress_bar", "false")
+    assert metrics["global_step"] == 1
 
 
 def test_fit_writes_checkpoints_heatmap_and_metrics_then_tests_the_best_checkpoint(tmp_path):
     metrics = _run(tmp_path, "fit", "--task", "image-classification", *FAST)
     assert {"val/acc", "test/acc", "train/loss", "best_model_path"} <= metrics.keys()
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert Path(metrics["best_model_path"]).name.startswith("best-") and Path(metrics["best_model_path"]).exists()
+    assert metrics["epochs"] == 1 and metrics["global_step"] == 3
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    best = Path(metrics["best_model_path"])
+    assert best.parent == tmp_path / "checkpoints" and best.name.startswith("best-") and best.is_file()
     png = (tmp_path / "expert_load" / "epoch_000.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+    assert png[:8] == PNG_MAGIC and len(png) > 2000
     assert any(key.startswith("moe/net.blocks.1.mlp.moe/load_e") for key in metrics)
+    assert (tmp_path / "lightning_logs").is_dir()
 
 
 def test_test_and_validate_on_the_fitted_checkpoint_reproduce_fits_numbers(tmp_path):
-    fit = _run(tmp_path, "fit", "--task", "image-classification", *FAST)
-    tested = _run(tmp_path, "test", "--task", "image-classification", *FAST, "--ckpt_path", fit["best_model_path"])
+    fit = _run(tmp_path / "fit", "fit", "--task", "image-classification", *FAST)
+    best = fit["best_model_path"]
+    # fresh run directories, so that metrics.json holds only what `test` / `validate` wrote
+    tested = _run(tmp_path / "test", "test", "--task", "image-classification", *FAST, "--ckpt_path", best)
     assert tested["test/acc"] == pytest.approx(fit["test/acc"], abs=1e-6)
-    validated = _run(tmp_path, "validate", "--task", "image-classification", *FAST,
-                     "--ckpt_path", fit["best_model_path"])
+    assert "val/acc" not in tested
+    validated = _run(tmp_path / "validate", "validate", "--task", "image-classification", *FAST, "--ckpt_path", best)
     assert validated["val/acc"] == pytest.approx(fit["best_model_score"], abs=1e-6)
+    assert "test/acc" not in validated
 
 
 def test_seed_everything_makes_a_run_reproducible(tmp_path):
     runs = [_run(tmp_path / str(i), "fit", "--task", "image-classification", *FAST, "--seed_everything", "7")
             for i in range(2)]
     for key in ("val/acc", "test/acc", "train/loss", "val/loss"):
-        assert runs[0][key] == runs[1][key]
+        assert runs[0][key] == runs[1][key], key
 
 
-def test_user_config_and_flags_override_the_task_config(tmp_path):
+def test_user_config_overrides_the_task_config_and_later_flags_override_it(tmp_path):
     config = tmp_path / "mine.yaml"
-    config.write_text("trainer:\n  max_epochs: 2\nmodel:\n  init_args:\n    moe:\n      k: 1\n")
-    metrics = _run(tmp_path, "fit", "--task", "image-classification", *FAST, "--config", str(config))
-    assert metrics["epochs"] == 2
+    config.write_text("trainer:\n  max_epochs: 2\n  limit_train_batches: 3\nmodel:\n  init_args:\n    moe:\n      k: 1\n")
+    metrics = _run(tmp_path / "run", "fit", "--task", "image-classification", *FAST, "--config", str(config),
+                   "--trainer.limit_train_batches", "2")
+    assert metrics["epochs"] == 2, "max_epochs from the user's config (the task config says 100, the flag before 1)"
+    assert metrics["global_step"] == 2 * 2, "limit_train_batches from the flag after the config"
     moe = torch.load(metrics["best_model_path"], weights_only=False)["hyper_parameters"]["moe"]
     assert (moe["k"] if isinstance(moe, dict) else moe.k) == 1
 
@@ -84,22 +121,23 @@ def test_print_config_shows_the_task_config(capsys):
         main(["fit", "--task", "image-classification", "--print_config"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "class_path: moezoo.tasks.image_classification.ImageClassifier" in out and "num_experts: 4" in out
+    assert "class_path: moezoo.tasks.image_classification.ImageClassifier" in out
+    assert "class_path: moezoo.tasks.image_classification.ImageClassificationData" in out
+    assert "num_experts: 4" in out
 
 
-def test_unknown_task_names_valid_tasks_and_the_closest(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--task", "image-clasification"])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
+def test_unknown_task_names_valid_tasks_and_the_closest(capfd, monkeypatch):
+    err = _user_error(capfd, monkeypatch, "fit", "--task", "image-clasification")
+    assert _error_lines(err) == [err.strip()], "one line, nothing else"
     assert "unknown task 'image-clasification'" in err and "Did you mean 'image-classification'" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert all(name in err for name in list_tasks())
 
 
-def test_unknown_config_key_is_rejected_by_name(tmp_path):
-    code, _, err = _moezoo("fit", "--task", "image-classification", "--model.init_args.no_such_key", "3",
-                           cwd=tmp_path)
-    assert code == 2 and "no_such_key" in err and "Traceback" not in err
+def test_unknown_config_key_is_rejected_by_name(capfd, monkeypatch, tmp_path):
+    err = _user_error(capfd, monkeypatch, "fit", "--task", "image-classification",
+                      "--trainer.default_root_dir", str(tmp_path), "--model.init_args.no_such_key", "3")
+    assert "no_such_key" in err
+    assert not (tmp_path / "checkpoints").exists(), "rejected before training"
 
 
 def _pngs(folder: Path, n: int, seed: int):
@@ -112,38 +150,50 @@ def _pngs(folder: Path, n: int, seed: int):
 
 @pytest.fixture
 def image_tree(tmp_path):
+    """An ImageFolder tree: 3 classes of 10 random 8x8 grey PNGs."""
     root = tmp_path / "images"
     for c, name in enumerate(["cat", "dog", "fox"]):
-        _pngs(root / name, 12, seed=c)
+        _pngs(root / name, 10, seed=c)
     return root
 
 
 def test_image_folder_tree_trains_through_the_cli(image_tree, tmp_path):
     metrics = _run(tmp_path / "run", "fit", "--task", "image-classification", *FAST, "--data.root", str(image_tree),
                    "--model.init_args.num_classes", "3")
-    assert 0.0 <= metrics["test/acc"] <= 1.0 and "val/acc" in metrics
+    assert 0.0 <= metrics["val/acc"] <= 1.0 and 0.0 <= metrics["test/acc"] <= 1.0
+    hparams = torch.load(metrics["best_model_path"], weights_only=False)["hyper_parameters"]
+    assert hparams["num_classes"] == 3
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unreadable", "num_classes"])
-def test_bad_data_is_a_one_line_error_naming_the_path_or_key(case, image_tree, tmp_path):
-    root, extra, expected = image_tree, [], None
-    if case == "missing":
-        root = tmp_path / "nowhere"
-        expected = str(root)
-    elif case == "empty":
+def test_missing_data_root_is_a_one_line_error_from_the_console_script(tmp_path):
+    root = tmp_path / "nowhere"
+    code, _, err = _moezoo("fit", "--task", "image-classification", "--data.root", str(root),
+                           "--trainer.default_root_dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert _error_lines(err) == [f"moezoo: error: data.root: no such directory: {root}"]
+
+
+@pytest.mark.parametrize("case", ["empty", "unreadable", "unreadable_in_worker", "num_classes"])
+def test_bad_data_is_a_one_line_error_naming_the_path_or_key(case, image_tree, tmp_path, capfd, monkeypatch):
+    root, extra = image_tree, ["--model.init_args.num_classes", "3"]
+    if case == "empty":
         root = tmp_path / "empty"
         (root / "cat").mkdir(parents=True)
+        (root / "dog").mkdir()
+        (root / "dog" / "notes.txt").write_text("not an image")
         expected = f"no images in {root}"
-    elif case == "unreadable":
+    elif case.startswith("unreadable"):
         bad = image_tree / "dog" / "bad.png"
         bad.write_bytes(b"this is not a png")
-        expected = str(bad)
+        expected = f"cannot read image {bad}"
+        if case == "unreadable_in_worker":  # found while loading, in a DataLoader worker process
+            extra += ["--data.init_args.check_images", "false", "--data.init_args.num_workers", "1",
+                      "--data.init_args.batch_size", "64"]
     else:
-        expected = "model.init_args.num_classes=10"
-    if case != "num_classes":
-        extra = ["--model.init_args.num_classes", "3"]
-    code, _, err = _moezoo("fit", "--task", "image-classification", "--data.root", str(root), *extra,
-                           "--trainer.max_epochs", "1", cwd=tmp_path)
-    assert code == 2
-    assert expected in err and "Traceback" not in err
-    assert len([line for line in err.splitlines() if line.startswith("moezoo: error:")]) == 1
+        extra, expected = [], "model.init_args.num_classes=10 but the data has num_classes=3"
+    err = _user_error(capfd, monkeypatch, "fit", "--task", "image-classification", *FAST, "--data.root", str(root),
+                      *extra, "--trainer.default_root_dir", str(tmp_path / "run"))
+    lines = _error_lines(err)
+    assert len(lines) == 1 and expected in lines[0], err[-3000:]
+    if case == "num_classes":
+        assert "--model.init_args.num_classes=3" in lines[0]

@@ -89,7 +89,8 @@ class GraphTask(TaskModule):
 class NodeClassifier(GraphTask):
     """One expert alone (the Mowst baselines): ``expert`` in mlp, gcn, sage, gat, gin; cross-entropy on train nodes."""
 
-    def __init__(self, expert: Literal["mlp", "gcn", "sage", "gat", "gin"] = "gcn", hidden: int = 64, num_layers: int = 2, dropout: float = 0.5,
+    def __init__(self, expert: Literal["mlp", "gcn", "sage", "gat", "gin"] = "gcn", hidden: int = 64,
+                 num_layers: int = 2, dropout: float = 0.5,
                  lr: float = 0.01, weight_decay: float = 5e-4, num_features: int | None = None,
                  num_classes: int | None = None):
         if expert not in EXPERTS:
