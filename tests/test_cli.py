@@ -197,3 +197,10 @@ def test_bad_data_is_a_one_line_error_naming_the_path_or_key(case, image_tree, t
     assert len(lines) == 1 and expected in lines[0], err[-3000:]
     if case == "num_classes":
         assert "--model.init_args.num_classes=3" in lines[0]
+
+
+@pytest.mark.parametrize("task,flag,value", [("image-classification", "--model.init_args.moe.router", "switch"),
+                                             ("graph/mowst-gcn", "--model.init_args.strong", "gcm")])
+def test_a_value_outside_its_choices_is_rejected_naming_the_key(task, flag, value, tmp_path):
+    code, _, err = _moezoo("fit", "--task", task, flag, value, cwd=tmp_path)
+    assert code == 2 and flag.rsplit(".", 1)[1] in err and value in err and "Traceback" not in err
