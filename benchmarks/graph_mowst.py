@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["Cora"])
     parser.add_argument("--methods", nargs="+", default=["mlp", "gcn", "mowst-gcn", "mowst-star-gcn"])
     parser.add_argument("--runs", type=int, default=10, help="seeds (Planetoid) or fixed splits (npz)")
+    parser.add_argument("--first", type=int, default=0, help="first seed or split (runs first..first+runs-1)")
     parser.add_argument("--json", default=None, help="write all cells and the summary here")
     args = parser.parse_args()
 
@@ -56,7 +57,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
             for method in args.methods:
-                cells = [run_cell(method, dataset, args.root, run, Path(tmp)) for run in range(args.runs)]
+                cells = [run_cell(method, dataset, args.root, run, Path(tmp))
+                         for run in range(args.first, args.first + args.runs)]
                 scores = [c["score"] for c in cells]
                 summary = {
                     "metric": cells[0]["metric"], "mean": statistics.mean(scores),
