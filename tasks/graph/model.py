@@ -34,11 +34,20 @@ def build_expert(kind: str, in_channels: int, hidden: int, out_channels: int, nu
                    num_layers=num_layers, dropout=dropout, norm=None)
     if kind not in GNNS:
         raise ValueError(f"unknown expert {kind!r}; valid: {', '.join(EXPERTS)}")
-    return GNNS[kind](in_channels, hidden, num_layers, out_channels, dropout=dropout)
+    extra = {"cached": True} if kind == "gcn" else {}
+    return GNNS[kind](in_channels, hidden, num_layers, out_channels, dropout=dropout, **extra)
 
 
 def expert_logits(expert, data):
-    return expert(data.x) if isinstance(expert, MLP) else expert(data.x, data.edge_index)
+    """Logits of a PyG expert on the whole graph: ``adj_t`` (sparse matmul) where the layer supports it.
+
+    GCN caches its normalised adjacency on the first call (``cached=True``): the task is transductive, one graph.
+    """
+    if isinstance(expert, MLP):
+        return expert(data.x)
+    if isinstance(expert, GAT) or "adj_t" not in data:
+        return expert(data.x, data.edge_index)
+    return expert(data.x, data.adj_t)
 
 
 class GraphTask(TaskModule):

@@ -100,7 +100,7 @@ class Mowst(GraphTask):
     def forward(self, data):
         """(weak logits, strong logits, confidence C)."""
         weak_logits, conf = self.weak_forward(data)
-        return weak_logits, self.strong(data.x, data.edge_index), conf
+        return weak_logits, expert_logits(self.strong, data), conf
 
     # -- training -------------------------------------------------------------------------------------------------
     def training_step(self, data, batch_idx):
@@ -125,13 +125,13 @@ class Mowst(GraphTask):
             module.eval()
         with torch.no_grad():
             if training_weak:
-                strong_logits = self.strong(data.x, data.edge_index)
+                strong_logits = expert_logits(self.strong, data)
             else:
                 weak_logits, conf = self.weak_forward(data)
         if training_weak:
             weak_logits, conf = self.weak_forward(data)
         else:
-            strong_logits = self.strong(data.x, data.edge_index)
+            strong_logits = expert_logits(self.strong, data)
         loss = mowst_loss(conf[mask], weak_logits[mask], strong_logits[mask], y)
         opt = weak_opt if training_weak else strong_opt
         opt.zero_grad()
