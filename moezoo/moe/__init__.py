@@ -4,19 +4,22 @@ from .builder import MoEArgs
 from .experts import DenseMLP, GroupedMLP, ModuleExperts
 from .layer import MoE
 from .losses import global_batch_load_balancing_loss, router_z_loss, switch_load_balancing_loss
-from .routers import ExpertChoiceRouter, Router, TopKRouter, TopPRouter
+from .mixture import GatedMixture
+from .routers import ExpertChoiceRouter, Router, SoftRouter, TopKRouter, TopPRouter
 from .routing import Routing
 from .stats import after_optimizer_step, aux_loss, aux_loss_terms, moe_layers, routing_stats, take_expert_load
 
 __all__ = [
     "DenseMLP",
     "ExpertChoiceRouter",
+    "GatedMixture",
     "GroupedMLP",
     "MoE",
     "MoEArgs",
     "ModuleExperts",
     "Router",
     "Routing",
+    "SoftRouter",
     "TopKRouter",
     "TopPRouter",
     "after_optimizer_step",

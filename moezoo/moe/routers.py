@@ -25,7 +25,8 @@ class Router(nn.Module):
         dim: token (router input) width.
         num_experts: number of real experts E.
         score: ``softmax`` (probabilities over experts) or ``sigmoid`` (independent scores, as in DeepSeek-V3).
-        expert_groups: for grouped routing, ``expert_groups[g]`` lists the experts tokens of group g may use.
+        expert_groups: for grouped routing, ``expert_groups[g]`` lists the experts tokens of group g may use. With a
+            single group the mask is static (every token may use only those experts) and ``group`` may be omitted.
         num_null_experts: extra slots that produce no output (AdaMoE), so a token may use fewer experts.
         balance_loss_weight: weight of the Switch load-balancing loss (computed on the micro-batch).
         global_balance_loss_weight: weight of the global-batch balancing loss (counts summed over data-parallel
@@ -82,6 +83,8 @@ class Router(nn.Module):
         mask[:, self.num_experts :] = True  # null experts serve every group
         return mask
 
+    soft = False  # a dense mixture (SoftRouter): load is gate mass
+
     # -- what subclasses implement -------------------------------------------------------------------------------
     def select(self, probs: torch.Tensor, scores: torch.Tensor):
         """Return (token_index, expert_index, weight, dropped or None) over slots, from probs [T, S].
@@ -95,6 +98,8 @@ class Router(nn.Module):
         logits = self.gate(x)
         allowed = None
         if self.group_mask is not None:
+            if group is None and self.group_mask.shape[0] == 1:
+                group = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
             if group is None:
                 raise ValueError("this router has expert_groups: pass group=<group id per token>")
             allowed = self.group_mask[group]
@@ -121,6 +126,7 @@ class Router(nn.Module):
             dropped=dropped,
             group=group,
             aux_losses=aux_losses,
+            soft=self.soft,
         )
 
     def _aux_losses(self, logits, probs, slot_index) -> dict[str, torch.Tensor]:
@@ -255,3 +261,20 @@ class TopPRouter(Router):
             weight_table = weight_table / weight_table.sum(-1, keepdim=True).clamp_min(1e-9)
         token_index, rank = chosen.nonzero(as_tuple=True)
         return token_index, order[token_index, rank], weight_table[token_index, rank], None
+
+
+class SoftRouter(Router):
+    """Dense soft gate (MMoE / PLE / HoME task gates): every allowed expert is used, with weight p_{t,e}.
+
+    g(x) = softmax(x W_g) over the experts the token may use (``expert_groups``; a single group is a static mask such
+    as HoME's hierarchy mask); the others get weight 0 and no gradient. The Routing is ``soft``: statistics report
+    each expert's gate mass.
+    """
+
+    soft = True
+
+    def select(self, probs, scores):
+        num_tokens, num_slots = probs.shape
+        token_index = torch.arange(num_tokens, device=probs.device).repeat_interleave(num_slots)
+        slot_index = torch.arange(num_slots, device=probs.device).repeat(num_tokens)
+        return token_index, slot_index, probs.reshape(-1), None

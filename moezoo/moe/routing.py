@@ -16,6 +16,8 @@ class Routing:
         probs [T, E] and logits [T, E] (the router's distribution, for aux losses and statistics),
         dropped [T] bool (tokens that lost at least one of their choices to capacity, token choice only),
         group [T] long (the group id each token was restricted to, grouped routing only).
+    ``soft`` marks a dense mixture (every allowed expert is assigned, MMoE-style gates): there an expert's load is
+    its gate mass (the sum of its weights), not its assignment count.
 
     Token choice gives A = T * k (less dropped), expert choice A = E * C, top-p a variable A; null experts simply
     produce no assignment. ``aux_losses`` holds the router's weighted auxiliary losses by name.
@@ -31,6 +33,7 @@ class Routing:
     dropped: torch.Tensor | None = None
     group: torch.Tensor | None = None
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    soft: bool = False
 
     @property
     def num_assignments(self) -> int:
@@ -39,6 +42,22 @@ class Routing:
     def tokens_per_expert(self) -> torch.Tensor:
         """Number of assignments each expert received, [E] long."""
         return torch.bincount(self.expert_index, minlength=self.num_experts)
+
+    def expert_load(self) -> torch.Tensor:
+        """Per-expert load [E] float: assignment counts, or the summed gate weights of a ``soft`` mixture."""
+        if self.soft:
+            return self.weight.detach().float().new_zeros(self.num_experts).index_add_(
+                0, self.expert_index, self.weight.detach().float())
+        return self.tokens_per_expert().float()
+
+    def group_load(self) -> torch.Tensor | None:
+        """Per-group, per-expert load [G, E] (as ``expert_load``, split by each token's group), or None."""
+        if self.group is None:
+            return None
+        num_groups = int(self.group.max()) + 1 if self.group.numel() else 1
+        mass = self.weight.detach().float() if self.soft else torch.ones_like(self.weight, dtype=torch.float)
+        load = mass.new_zeros(num_groups, self.num_experts)
+        return load.index_put_((self.group[self.token_index], self.expert_index), mass, accumulate=True)
 
     def combine_weights(self) -> torch.Tensor:
         """Dense [T, E] matrix of gate weights (zero where a token is not assigned): for tests and small models."""

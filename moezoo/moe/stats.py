@@ -27,11 +27,14 @@ class RoutingRecord:
         if training and routing.aux_losses:
             self.losses.append(routing.aux_losses)
         with torch.no_grad():
-            counts = routing.tokens_per_expert().float()
+            counts = routing.expert_load()
             probs = routing.probs.float()
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
             dropped = routing.dropped.sum() if routing.dropped is not None else counts.new_zeros(())
             self.last = {"counts": counts, "entropy": entropy, "dropped": dropped.float()}
+            group_load = routing.group_load()
+            if group_load is not None:
+                self.last["group_counts"] = group_load
             if training:
                 self.load_total = counts if self.load_total is None else self.load_total + counts
 
@@ -60,8 +63,10 @@ def aux_loss(model: nn.Module) -> torch.Tensor | float:
 
 
 def routing_stats(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """Per MoE layer, from its last forward: load per expert (fraction of assignments), imbalance (max load / mean
-    load, 1 is perfect), mean router entropy (nats), and the number of tokens that lost an assignment to capacity."""
+    """Per MoE layer, from its last forward: load per expert (fraction of assignments, or of gate mass for soft
+    mixtures), imbalance (max load / mean load, 1 is perfect), mean router entropy (nats), the number of tokens that
+    lost an assignment to capacity, and for grouped routings ``group_load`` [G, E] (each group's load over experts,
+    rows summing to 1; 0 for a group absent from the batch)."""
     stats = {}
     for name, layer in moe_layers(model):
         last = layer.record.last
@@ -75,6 +80,9 @@ def routing_stats(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
             "entropy": last["entropy"],
             "dropped": last["dropped"],
         }
+        if "group_counts" in last:
+            group_counts = last["group_counts"]
+            stats[name]["group_load"] = group_counts / group_counts.sum(-1, keepdim=True).clamp_min(1e-12)
     return stats
 
 
