@@ -1,0 +1,176 @@
+"""HoME (Wang et al., Kuaishou 2024, arXiv 2408.05430, "HoME: Hierarchy of Multi-Gate Experts for Multi-Task
+Learning at Kuaishou"). No official code was published; this follows the paper's description.
+
+- Expert normalisation & Swish: every expert is Swish(BN(W v + b)) (``StackedMLP(batch_norm=True, "swish")``), so
+  experts' outputs share one scale and no expert dies at zero the way ReLU experts collapse.
+- Hierarchy mask, two levels. Tasks are grouped in categories (e.g. {click} and {purchase}).
+  Meta level: global shared experts S^1 and one expert group C_c^1 per category, all reading v. Category c's meta
+  gate mixes S^1 u C_c^1 into m_c; a global meta gate mixes all meta experts into m_s.
+  Task level: shared experts S^2 read m_s, category experts C_c^2 read m_c, task experts T_t read m_{c(t)}; task t's
+  gate sees only S^2 u C_{c(t)}^2 u T_t (the mask), the rest get weight 0.
+- Feature gate: each expert e gets a private copy of its input, x_e = x * 2 sigmoid(x B_e A_e) with a low-rank
+  B_e [d, r], A_e [r, d]; A_e starts at 0, so the gate starts at exactly 1 (identity) and learns to privatise.
+- Self-gate: a residual next to every gated mixture, over the gate's own kind of experts (task experts for a task
+  gate, category experts for a category gate, shared experts for the global gate): sum_e sigmoid(x W_self)_e f_e.
+Gates read the features v. With a domain column, each task gate and tower is per domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from moezoo.errors import MoezooError
+
+from .experts import StackedMLP
+from .gates import DomainGates, DomainTowers, module_key
+from .model import CTRTask
+
+
+class FeatureGate(nn.Module):
+    """x_e = x * 2 sigmoid(x B_e A_e) for each of E experts (low rank r); identity at init (A_e = 0).
+
+    Shapes: x [B, d] (shared) or [E, B, d] (per expert) -> [E, B, d].
+    """
+
+    def __init__(self, num_experts: int, dim: int, rank: int = 8):
+        super().__init__()
+        self.down = nn.Parameter(torch.randn(num_experts, dim, rank) / dim**0.5)  # B_e
+        self.up = nn.Parameter(torch.zeros(num_experts, rank, dim))  # A_e
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.expand(self.down.shape[0], -1, -1)
+        return x * 2 * torch.sigmoid(torch.bmm(torch.bmm(x, self.down), self.up))
+
+
+class SelfGate(nn.Module):
+    """sum_{e in experts} sigmoid(x W)_e f_e: a residual over one kind of experts. Shapes: x [B, d], [E, B, h]."""
+
+    def __init__(self, dim: int, experts: Sequence[int]):
+        super().__init__()
+        self.experts = list(experts)
+        self.gate = nn.Linear(dim, len(self.experts))
+
+    def forward(self, x: torch.Tensor, expert_outputs: torch.Tensor) -> torch.Tensor:
+        weights = torch.sigmoid(self.gate(x))  # [B, n]
+        return torch.einsum("bn,nbh->bh", weights, expert_outputs[self.experts])
+
+
+class HoMENet(nn.Module):
+    """Shapes: v [B, d], domain [B] -> logits [B, T].
+
+    Expert order per level: shared, then each category's group; the task level adds each task's group last.
+    """
+
+    def __init__(self, in_dim: int, tasks: Sequence[str], domains: Sequence[str],
+                 categories: Sequence[Sequence[str]] | None = None, num_shared: int = 2, num_category: int = 2,
+                 num_task: int = 1, expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
+                 dropout: float = 0.0, feature_gate: bool = True, feature_gate_rank: int = 8,
+                 self_gate: bool = True):
+        super().__init__()
+        self.tasks = list(tasks)
+        self.categories = [list(c) for c in categories] if categories else [[t] for t in self.tasks]
+        self.category_of = self._category_of_each_task()
+        num_cats = len(self.categories)
+        self.num_shared, self.num_category, self.num_task = num_shared, num_category, num_task
+        width = expert_hidden[-1]
+
+        def bank(n, dim):
+            return StackedMLP(n, dim, expert_hidden, "swish", batch_norm=True, dropout=dropout)
+
+        # meta level
+        num_meta = num_shared + num_cats * num_category
+        self.meta_experts = bank(num_meta, in_dim)
+        self.meta_feature_gate = FeatureGate(num_meta, in_dim, feature_gate_rank) if feature_gate else None
+        self.meta_gates = nn.ModuleList(DomainGates(in_dim, num_meta, ["all"], allowed=self.meta_allowed(c))
+                                        for c in range(num_cats))
+        self.global_gate = DomainGates(in_dim, num_meta, ["all"])
+        # task level
+        num_level2 = num_meta + len(self.tasks) * num_task
+        self.task_experts = bank(num_level2, width)
+        self.task_feature_gate = FeatureGate(num_level2, width, feature_gate_rank) if feature_gate else None
+        self.task_gates = nn.ModuleDict({module_key(t): DomainGates(in_dim, num_level2, domains,
+                                                                    allowed=self.task_allowed(i))
+                                         for i, t in enumerate(self.tasks)})
+        if self_gate:
+            self.meta_self_gates = nn.ModuleList(SelfGate(in_dim, self.category_experts(c)) for c in range(num_cats))
+            self.global_self_gate = SelfGate(in_dim, range(num_shared))
+            self.task_self_gates = nn.ModuleList(SelfGate(in_dim, self.own_experts(i)) for i in range(len(self.tasks)))
+        self.self_gate = self_gate
+        self.towers = DomainTowers(len(self.tasks), len(domains), width, tower_hidden, dropout)
+
+    def _category_of_each_task(self) -> list[int]:
+        owner = {}
+        for c, members in enumerate(self.categories):
+            for task in members:
+                if task not in self.tasks:
+                    raise MoezooError(f"model.categories names task {task!r}; the data's tasks are "
+                                     f"{', '.join(self.tasks)}")
+                if task in owner:
+                    raise MoezooError(f"model.categories puts task {task!r} in two categories")
+                owner[task] = c
+        missing = [t for t in self.tasks if t not in owner]
+        if missing:
+            raise MoezooError(f"model.categories leaves out task(s) {', '.join(missing)}")
+        return [owner[t] for t in self.tasks]
+
+    def category_experts(self, category: int) -> list[int]:
+        start = self.num_shared + category * self.num_category
+        return list(range(start, start + self.num_category))
+
+    def own_experts(self, task: int) -> list[int]:
+        start = self.num_shared + len(self.categories) * self.num_category + task * self.num_task
+        return list(range(start, start + self.num_task))
+
+    def meta_allowed(self, category: int) -> list[int]:
+        """Category c's meta gate: the global shared experts and category c's."""
+        return [*range(self.num_shared), *self.category_experts(category)]
+
+    def task_allowed(self, task: int) -> list[int]:
+        """Task t's gate: the shared experts, its category's and its own (the hierarchy mask)."""
+        return [*self.meta_allowed(self.category_of[task]), *self.own_experts(task)]
+
+    def forward(self, v: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        meta_in = self.meta_feature_gate(v) if self.meta_feature_gate is not None else v
+        h1 = self.meta_experts(meta_in)
+        meta = []
+        for c, gate in enumerate(self.meta_gates):
+            m = gate(v, h1, domain)
+            meta.append(m + self.meta_self_gates[c](v, h1) if self.self_gate else m)
+        shared = self.global_gate(v, h1, domain)
+        if self.self_gate:
+            shared = shared + self.global_self_gate(v, h1)
+        # each task-level expert reads its kind's meta output
+        inputs = [shared[None].expand(self.num_shared, -1, -1)]
+        inputs += [m[None].expand(self.num_category, -1, -1) for m in meta]
+        inputs += [meta[self.category_of[t]][None].expand(self.num_task, -1, -1) for t in range(len(self.tasks))]
+        x2 = torch.cat(inputs)
+        if self.task_feature_gate is not None:
+            x2 = self.task_feature_gate(x2)
+        h2 = self.task_experts(x2)
+        reps = []
+        for t, gate in enumerate(self.task_gates.values()):
+            r = gate(v, h2, domain)
+            reps.append(r + self.task_self_gates[t](v, h2) if self.self_gate else r)
+        return self.towers(torch.stack(reps), domain)
+
+
+class HoME(CTRTask):
+    """HoME for multi-task (and multi-domain) CTR; ``categories`` groups the tasks (default: one per task)."""
+
+    def __init__(self, categories: list[list[str]] | None = None, num_shared: int = 2, num_category: int = 2,
+                 num_task: int = 1, expert_hidden: list[int] = [64], tower_hidden: list[int] = [32],  # noqa: B006
+                 dropout: float = 0.0, feature_gate: bool = True, feature_gate_rank: int = 8,
+                 self_gate: bool = True, embed_dim: int = 16, lr: float = 1e-3, weight_decay: float = 0.0,
+                 embedding_weight_decay: float = 1e-6, task_weights: list[float] | None = None):
+        super().__init__(embed_dim=embed_dim, lr=lr, weight_decay=weight_decay,
+                         embedding_weight_decay=embedding_weight_decay, task_weights=task_weights)
+        self.save_hyperparameters()
+
+    def build_network(self, in_dim, tasks, domains):
+        h = self.hparams
+        return HoMENet(in_dim, tasks, domains, h.categories, h.num_shared, h.num_category, h.num_task,
+                       h.expert_hidden, h.tower_hidden, h.dropout, h.feature_gate, h.feature_gate_rank, h.self_gate)

@@ -1,0 +1,175 @@
+"""CTRTask: the LightningModule of the CTR family (features -> a multi-task network -> one logit per task).
+
+Loss: sum_t w_t BCE(y_t, sigmoid(logit_t)). Metrics per stage (``val``/``test``): AUC and logloss per task
+(``<stage>/auc_<task>``, ``<stage>/logloss_<task>``), their means (``<stage>/auc``, the checkpoint monitor, and
+``<stage>/logloss``), per domain when the data has several (``<stage>/<domain>/auc_<task>``), and GAUC per task when
+the data names a user column (``<stage>/gauc_<task>``). Testing also reports each gate's expert usage over the
+whole test set (``usage/<gate>/e<i>``; ``usage/<gate>/<domain>/e<i>`` for routers that see every domain), the
+numbers users look at to see which experts each task and domain uses.
+
+The network is built in ``configure_model`` from the data module's fields, tasks and domains; subclasses implement
+``build_network(in_dim, tasks, domains)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC
+
+from moezoo.errors import MoezooError
+from moezoo.moe import routing_stats
+from moezoo.training import TaskModule
+
+from .features import FeatureEmbedding
+from .gates import module_key
+from .metrics import gauc
+
+STAGES = ("val", "test")
+
+
+class CTRTask(TaskModule):
+    """Base of the CTR models.
+
+    Args:
+        embed_dim: width of every categorical field's embedding.
+        lr: Adam learning rate.
+        weight_decay: L2 on the network's weights (Adam's, as FuxiCTR's ``net_regularizer``).
+        embedding_weight_decay: L2 on the embedding tables (FuxiCTR's ``embedding_regularizer``).
+        task_weights: loss weight per task (default 1 each).
+    """
+
+    monitor = "val/auc"
+    monitor_mode = "max"
+
+    def __init__(self, embed_dim: int = 16, lr: float = 1e-3, weight_decay: float = 0.0,
+                 embedding_weight_decay: float = 1e-6, task_weights: list[float] | None = None):
+        super().__init__(lr=lr, weight_decay=weight_decay, cosine=False)
+        self.embed_dim, self.embedding_weight_decay, self.task_weights = embed_dim, embedding_weight_decay, task_weights
+        self.built = False
+
+    # -- building from the data ---------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.built:
+            return
+        data = self.trainer.datamodule
+        self.build(list(data.cardinalities), len(data.numeric_names), list(data.task_names),
+                   list(data.domain_names), bool(data.has_user))
+
+    def build(self, cardinalities: list[int], num_numeric: int, tasks: list[str], domains: list[str],
+              has_user: bool = False) -> None:
+        if self.task_weights is not None and len(self.task_weights) != len(tasks):
+            raise MoezooError(f"model.task_weights has {len(self.task_weights)} values but the data has "
+                             f"{len(tasks)} tasks ({', '.join(tasks)})")
+        self.hparams.update(cardinalities=cardinalities, num_numeric=num_numeric, tasks=tasks, domains=domains)
+        self.tasks, self.domains, self.has_user = tasks, domains, has_user
+        self.features = FeatureEmbedding(cardinalities, num_numeric, self.embed_dim)
+        self.net = self.build_network(self.features.out_dim, tasks, domains)
+        weights = self.task_weights or [1.0] * len(tasks)
+        self.register_buffer("loss_weights", torch.tensor(weights, dtype=torch.float), persistent=False)
+        self.auroc = nn.ModuleDict({
+            f"{stage}_{t}_{d}": BinaryAUROC() for stage in STAGES for t in range(len(tasks))
+            for d in range(len(domains) + 1 if len(domains) > 1 else 1)})  # d = len(domains): all domains
+        self.logloss = nn.ModuleDict({f"{stage}_{t}": MeanMetric() for stage in STAGES for t in range(len(tasks))})
+        self._gauc_buffer: dict[str, list] = {stage: [] for stage in STAGES}
+        self._usage: dict[str, torch.Tensor] = {}
+        self.built = True
+
+    def build_network(self, in_dim: int, tasks: list[str], domains: list[str]) -> nn.Module:
+        raise NotImplementedError
+
+    # -- forward, loss, metrics ---------------------------------------------------------------------------------
+    def forward(self, batch) -> torch.Tensor:
+        """Logits [B, T]."""
+        v = self.features(batch["categorical"], batch["numeric"])
+        return self.net(v, batch["domain"])
+
+    def task_step(self, batch, stage):
+        logits = self(batch)
+        labels = batch["labels"]
+        per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)
+        loss = (self.loss_weights * per_task).sum()
+        batch_size = labels.shape[0]
+        self.log("train/task_loss" if stage == "train" else f"{stage}/loss", loss, batch_size=batch_size)
+        if stage in STAGES:
+            self._update_metrics(stage, logits.detach(), labels, batch)
+        return loss
+
+    def _update_metrics(self, stage, logits, labels, batch) -> None:
+        probs = torch.sigmoid(logits)
+        domain, num_domains = batch["domain"], len(self.domains)
+        target = labels.long()
+        for t in range(len(self.tasks)):
+            key = f"{stage}_{t}"
+            self.auroc[f"{key}_0" if num_domains == 1 else f"{key}_{num_domains}"].update(probs[:, t], target[:, t])
+            if num_domains > 1:
+                for d in range(num_domains):
+                    rows = domain == d
+                    if rows.any():
+                        self.auroc[f"{key}_{d}"].update(probs[rows, t], target[rows, t])
+            self.logloss[key].update(F.binary_cross_entropy_with_logits(logits[:, t], labels[:, t], reduction="none"))
+        if self.has_user and "user" in batch:
+            self._gauc_buffer[stage].append((probs.cpu(), labels.cpu(), batch["user"].cpu()))
+        if stage == "test":
+            for name, stats in routing_stats(self.net).items():
+                loads = [("", stats["load"])]
+                if "group_load" in stats and len(self.domains) > 1:
+                    loads += [(f"/{self.domains[g]}", row) for g, row in enumerate(stats["group_load"])]
+                for suffix, load in loads:
+                    key = f"{name}{suffix}"
+                    self._usage[key] = self._usage.get(key, 0) + load.detach().cpu() * labels.shape[0]
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values, num_domains = {}, len(self.domains)
+        aucs, loglosses = [], []
+        for t, task in enumerate(self.tasks):
+            key = f"{stage}_{t}"
+            overall = self.auroc[f"{key}_0" if num_domains == 1 else f"{key}_{num_domains}"]
+            if overall.update_count == 0:
+                return
+            aucs.append(overall.compute())
+            loglosses.append(self.logloss[key].compute())
+            values[f"{stage}/auc_{task}"], values[f"{stage}/logloss_{task}"] = aucs[-1], loglosses[-1]
+            if num_domains > 1:
+                for d, name in enumerate(self.domains):
+                    metric = self.auroc[f"{key}_{d}"]
+                    if metric.update_count:
+                        values[f"{stage}/{name}/auc_{task}"] = metric.compute()
+        for metric in list(self.auroc.values()) + list(self.logloss.values()):
+            metric.reset()
+        values[f"{stage}/auc"] = torch.stack(aucs).mean()
+        values[f"{stage}/logloss"] = torch.stack(loglosses).mean()
+        if self._gauc_buffer[stage]:
+            probs, labels, users = (torch.cat(parts) for parts in zip(*self._gauc_buffer[stage]))
+            for t, task in enumerate(self.tasks):
+                values[f"{stage}/gauc_{task}"] = gauc(probs[:, t], labels[:, t], users)
+            self._gauc_buffer[stage] = []
+        if stage == "test" and self._usage:
+            for key, load in self._usage.items():
+                load = load / load.sum().clamp_min(1e-12)
+                for e, share in enumerate(load):
+                    values[f"usage/{key}/e{e}"] = share
+            self._usage = {}
+        self.log(f"{stage}/auc", values.pop(f"{stage}/auc"), prog_bar=True)
+        self.log_dict(values)
+
+    def on_validation_epoch_end(self):
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self):
+        self._log_epoch_metrics("test")
+
+    def predict_step(self, batch, batch_idx):
+        probs = torch.sigmoid(self(batch))
+        return {"prob": probs, **{f"prob_{module_key(t)}": probs[:, i] for i, t in enumerate(self.tasks)}}
+
+    # -- optimisation -------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        embeddings = list(self.features.embeddings.parameters())
+        others = [p for name, p in self.named_parameters() if not name.startswith("features.embeddings")]
+        return torch.optim.Adam([
+            {"params": embeddings, "weight_decay": self.embedding_weight_decay},
+            {"params": others, "weight_decay": self.weight_decay},
+        ], lr=self.lr)

@@ -1,0 +1,228 @@
+"""CTR models against their equations on small tensors: stacked experts, MMoE, PLE, HoME's mask and gates, AdaptDHM."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from moezoo.tasks.ctr.adaptdhm import AdaptDHMNet, ClusterNetworks, DistributionAdaptation
+from moezoo.tasks.ctr.experts import StackedMLP
+from moezoo.tasks.ctr.home import FeatureGate, HoMENet, SelfGate
+from moezoo.tasks.ctr.metrics import gauc
+from moezoo.tasks.ctr.mmoe import MMoENet
+from moezoo.tasks.ctr.ple import PLENet
+
+
+def _expert(mlp: StackedMLP, e: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert e of a StackedMLP computed alone (Linear layers, ReLU/Swish, eval-mode BN)."""
+    h = x
+    for layer, (w, b) in enumerate(zip(mlp.weights, mlp.biases)):
+        h = h @ w[e] + b[e, 0]
+        if mlp.output_layer and layer == len(mlp.weights) - 1:
+            return h
+        if mlp.norms is not None:
+            bn, width = mlp.norms[layer], w.shape[-1]
+            sl = slice(e * width, (e + 1) * width)
+            h = (h - bn.running_mean[sl]) / torch.sqrt(bn.running_var[sl] + bn.eps) * bn.weight[sl] + bn.bias[sl]
+        h = F.silu(h) if mlp.activation == "swish" else F.relu(h)
+    return h
+
+
+@pytest.mark.parametrize("batch_norm,activation", [(False, "relu"), (True, "swish")])
+def test_stacked_experts_equal_each_expert_computed_alone(batch_norm, activation):
+    torch.manual_seed(0)
+    mlp = StackedMLP(3, 5, [4, 6], activation=activation, batch_norm=batch_norm).eval()
+    if batch_norm:
+        for bn in mlp.norms:
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    x = torch.randn(7, 5)
+    shared, private = mlp(x), mlp(torch.randn(3, 7, 5).copy_(x.expand(3, 7, 5)))
+    for e in range(3):
+        torch.testing.assert_close(shared[e], _expert(mlp, e, x))
+    torch.testing.assert_close(private, shared)
+
+
+def test_expert_batch_norm_normalises_each_expert_on_its_own_in_training():
+    torch.manual_seed(0)
+    mlp = StackedMLP(2, 3, [4], activation="none", batch_norm=True).train()
+    h = mlp(torch.randn(256, 3) * 5 + 3)
+    torch.testing.assert_close(h.mean(1), torch.zeros(2, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(h.var(1, unbiased=False), torch.ones(2, 4), atol=1e-3, rtol=0)
+
+
+def _gate_weights(domain_gates, x, domain=0):
+    router = list(domain_gates.domains.values())[domain].router
+    return router(x).combine_weights()
+
+
+def test_mmoe_is_each_tasks_softmax_mixture_of_shared_experts_through_its_tower():
+    torch.manual_seed(0)
+    net = MMoENet(6, ["a", "b"], ["all"], num_experts=3, expert_hidden=[4], tower_hidden=[5]).eval()
+    v, domain = torch.randn(8, 6), torch.zeros(8, dtype=torch.long)
+    experts = torch.stack([_expert(net.experts, e, v) for e in range(3)])
+    for t, gate in enumerate(net.gates.values()):
+        g = torch.softmax(v @ list(gate.domains.values())[0].router.gate.weight.t(), -1)
+        mixed = torch.einsum("be,ebh->bh", g, experts)
+        tower = net.towers.towers[t]
+        torch.testing.assert_close(net(v, domain)[:, t], _expert(tower, 0, mixed).squeeze(-1))
+
+
+def test_multi_domain_samples_use_only_their_domains_gate_and_tower():
+    torch.manual_seed(0)
+    net = MMoENet(6, ["a"], ["d0", "d1"], num_experts=3).eval()
+    v, domain = torch.randn(10, 6), torch.tensor([0, 1] * 5)
+    before = net(v, domain)
+    with torch.no_grad():
+        net.gates["a"].domains["d1"].router.gate.weight.add_(1.0)
+        net.towers.towers[0].weights[-1][1].add_(1.0)
+    after = net(v, domain)
+    torch.testing.assert_close(after[domain == 0], before[domain == 0])
+    assert not torch.allclose(after[domain == 1], before[domain == 1])
+
+
+def test_ple_task_gates_mix_only_shared_and_own_experts_and_shared_gate_mixes_all():
+    torch.manual_seed(0)
+    net = PLENet(6, ["a", "b", "c"], ["all"], num_levels=2, num_shared=2, num_specific=1)
+    x = torch.randn(5, 6)
+    assert net.allowed(1) == [0, 1, 3]
+    for level in range(2):
+        for t, gate in enumerate(net.task_gates[level].values()):
+            w = _gate_weights(gate, x if level == 0 else torch.randn(5, 64))
+            assert (w[:, [e for e in range(5) if e not in net.allowed(t)]] == 0).all()
+            torch.testing.assert_close(w.sum(-1), torch.ones(5))
+    assert (_gate_weights(net.shared_gates[0], x) > 0).all()
+
+
+def test_ple_task_output_ignores_other_tasks_experts_at_the_last_level():
+    torch.manual_seed(0)
+    net = PLENet(6, ["a", "b"], ["all"], num_levels=1, num_shared=1, num_specific=1).eval()
+    v, domain = torch.randn(4, 6), torch.zeros(4, dtype=torch.long)
+    before = net(v, domain)
+    with torch.no_grad():
+        net.experts[0].weights[0][2].add_(1.0)  # task b's own expert
+    after = net(v, domain)
+    torch.testing.assert_close(after[:, 0], before[:, 0])
+    assert not torch.allclose(after[:, 1], before[:, 1])
+
+
+def test_home_hierarchy_mask_task_gates_see_shared_category_and_own_experts_only():
+    torch.manual_seed(0)
+    net = HoMENet(6, ["click", "like", "buy"], ["all"], categories=[["click", "like"], ["buy"]],
+                  num_shared=1, num_category=2, num_task=1)
+    # level 1: 1 shared + 2 per category = 5 experts; level 2 adds one per task: 8
+    assert net.meta_allowed(0) == [0, 1, 2] and net.meta_allowed(1) == [0, 3, 4]
+    assert net.task_allowed(0) == [0, 1, 2, 5] and net.task_allowed(1) == [0, 1, 2, 6]
+    assert net.task_allowed(2) == [0, 3, 4, 7]
+    v = torch.randn(9, 6)
+    for c, gate in enumerate(net.meta_gates):
+        w = _gate_weights(gate, v)
+        assert (w[:, [e for e in range(5) if e not in net.meta_allowed(c)]] == 0).all()
+    for t, gate in enumerate(net.task_gates.values()):
+        w = _gate_weights(gate, v)
+        assert (w[:, [e for e in range(8) if e not in net.task_allowed(t)]] == 0).all()
+        assert (w[:, net.task_allowed(t)] > 0).all()
+
+
+def test_home_task_logit_does_not_move_when_another_tasks_own_expert_changes():
+    torch.manual_seed(0)
+    net = HoMENet(6, ["click", "like", "buy"], ["all"], categories=[["click", "like"], ["buy"]],
+                  num_shared=1, num_category=1, num_task=1).eval()
+    v, domain = torch.randn(5, 6), torch.zeros(5, dtype=torch.long)
+    before = net(v, domain)
+    like_expert = net.own_experts(1)[0]
+    with torch.no_grad():
+        net.task_experts.weights[0][like_expert].add_(1.0)
+    after = net(v, domain)
+    torch.testing.assert_close(after[:, [0, 2]], before[:, [0, 2]])
+    assert not torch.allclose(after[:, 1], before[:, 1])
+
+
+def test_feature_gate_is_centred_at_one_and_follows_its_formula():
+    torch.manual_seed(0)
+    gate = FeatureGate(3, 5, rank=2)
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(gate(x), x.expand(3, 4, 5))  # 2 * sigmoid(0) = 1
+    with torch.no_grad():
+        gate.up.normal_()
+    expected = torch.stack([x * 2 * torch.sigmoid(x @ gate.down[e] @ gate.up[e]) for e in range(3)])
+    torch.testing.assert_close(gate(x), expected)
+    assert ((gate(x) / x).abs() < 2).all()
+
+
+def test_self_gate_is_a_sigmoid_weighted_sum_of_its_own_experts():
+    torch.manual_seed(0)
+    gate = SelfGate(4, [1, 3])
+    x, outputs = torch.randn(6, 4), torch.randn(5, 6, 2)
+    w = torch.sigmoid(gate.gate(x))
+    torch.testing.assert_close(gate(x, outputs), w[:, :1] * outputs[1] + w[:, 1:] * outputs[3])
+
+
+def test_dynamic_routing_follows_its_equations_and_updates_centres_by_momentum():
+    torch.manual_seed(0)
+    module = DistributionAdaptation(4, num_clusters=3, iterations=2, momentum=0.9, temperature=0.5).train()
+    start = module.centres.clone()
+    v = torch.randn(10, 4)
+    u = F.normalize(v, dim=-1)
+    c = start
+    for _ in range(2):
+        a = torch.softmax(u @ c.t() / 0.5, -1)
+        c = F.normalize(a.t() @ u, dim=-1)
+    a = torch.softmax(u @ c.t() / 0.5, -1)
+    cluster = module(v)
+    assert torch.equal(cluster, a.argmax(-1))
+    torch.testing.assert_close(module.centres, F.normalize(0.9 * start + 0.1 * c, dim=-1))
+    torch.testing.assert_close(module.centres.norm(dim=-1), torch.ones(3))
+
+
+def test_adaptdhm_centres_are_unit_norm_buffers_without_gradient_and_frozen_in_eval():
+    torch.manual_seed(0)
+    net = AdaptDHMNet(6, ["a", "b"], ["all"], num_clusters=3)
+    centres = net.adaptation.centres
+    assert "adaptation.centres" in net.state_dict() and not centres.requires_grad
+    assert all(p is not centres for p in net.parameters())
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    domain = torch.zeros(16, dtype=torch.long)
+    for _ in range(5):
+        opt.zero_grad()
+        net(torch.randn(16, 6), domain).sum().backward()
+        opt.step()
+    torch.testing.assert_close(net.adaptation.centres.norm(dim=-1), torch.ones(3))
+    net.eval()
+    frozen = net.adaptation.centres.clone()
+    v = torch.randn(16, 6)
+    cluster = net.adaptation(v)
+    assert torch.equal(net.adaptation.centres, frozen)
+    assert torch.equal(cluster, (F.normalize(v, dim=-1) @ frozen.t()).argmax(-1))
+    assert net.to(torch.float64).adaptation.centres.dtype == torch.float64
+
+
+def test_cluster_networks_use_shared_times_specific_weights_per_cluster():
+    torch.manual_seed(0)
+    nets = ClusterNetworks(3, 5, [4], 2)
+    with torch.no_grad():
+        for p in nets.parameters():
+            p.normal_()
+    v, cluster = torch.randn(9, 5), torch.tensor([2, 0, 1, 1, 2, 0, 0, 2, 1])
+    out = nets(v, cluster)
+    for b in range(9):
+        k = cluster[b]
+        h = v[b] @ (nets.shared_weights[0] * nets.cluster_weights[0][k])
+        h = F.relu(h + nets.shared_biases[0] + nets.cluster_biases[0][k])
+        h = h @ (nets.shared_weights[1] * nets.cluster_weights[1][k])
+        torch.testing.assert_close(out[b], h + nets.shared_biases[1] + nets.cluster_biases[1][k])
+
+
+def test_gauc_is_the_impression_weighted_mean_of_per_user_auc_over_users_with_both_classes():
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 6, 200)
+    labels = (rng.random(200) < 0.4).astype(float)
+    labels[users == 5] = 1.0  # one class only: left out
+    preds = np.round(rng.random(200), 1)  # ties
+    total, weight = 0.0, 0
+    for u in range(5):
+        m = users == u
+        total += m.sum() * roc_auc_score(labels[m], preds[m])
+        weight += m.sum()
+    got = gauc(torch.tensor(preds), torch.tensor(labels), torch.tensor(users))
+    assert float(got) == pytest.approx(total / weight)
