@@ -17,8 +17,12 @@ def sort_by_expert(expert_index: torch.Tensor, num_experts: int) -> tuple[torch.
 
 
 def _aligned(t: torch.Tensor) -> bool:
-    # torch's grouped_mm needs 16-byte aligned row strides and a unit last stride.
-    return t.stride(-1) == 1 and (t.stride(-2) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+    # torch's grouped_mm needs each matrix row-major or column-major (a transposed view is fine: no copy needed)
+    # with 16-byte aligned leading strides.
+    size = t.element_size()
+    row_major = t.stride(-1) == 1 and (t.stride(-2) * size) % 16 == 0
+    col_major = t.stride(-2) == 1 and (t.stride(-1) * size) % 16 == 0
+    return (row_major or col_major) and t.data_ptr() % 16 == 0
 
 
 def _fast_path_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -53,7 +57,7 @@ def grouped_mm_forward(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) 
 def grouped_weight_grad(x: torch.Tensor, grad: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """dW[e] = x[rows of e]^T @ grad[rows of e]; x [N, K], grad [N, M] -> [E, K, M] (zero for empty experts)."""
     num_experts = offsets.numel()
-    xt = x.t().contiguous()
+    xt = x.t()
     if x.shape[0] > 0 and _fast_path_ok(xt, grad):
         return _torch_grouped_mm(xt, grad, offs=offsets)
     out = x.new_zeros(num_experts, x.shape[1], grad.shape[1])
@@ -75,7 +79,7 @@ class GroupedMM(torch.autograd.Function):
     def backward(ctx, grad):
         x, w, offsets = ctx.saved_tensors
         grad = grad.contiguous()  # an expanded gradient (from .sum()) has zero strides
-        grad_x = grouped_mm_forward(grad, w.transpose(1, 2).contiguous(), offsets) if ctx.needs_input_grad[0] else None
+        grad_x = grouped_mm_forward(grad, w.transpose(1, 2), offsets) if ctx.needs_input_grad[0] else None
         grad_w = grouped_weight_grad(x, grad, offsets) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w, None
 

@@ -117,7 +117,11 @@ def test_fast_path_is_taken_only_where_torch_grouped_mm_rules_allow():
     assert not ref._fast_path_ok(x, w.half()), "mixed dtypes"
     assert not ref._fast_path_ok(torch.randn(32, 6), torch.randn(4, 6, 32)), "K=6 rows are not 16-byte aligned"
     assert not ref._fast_path_ok(x, torch.randn(4, 16, 10)), "M=10 rows are not 16-byte aligned"
-    assert not ref._fast_path_ok(x, torch.randn(4, 32, 16).transpose(1, 2)), "last stride is not 1"
+    transposed = torch.randn(4, 32, 16).transpose(1, 2)  # column-major matrices: taken without a copy
+    assert ref._fast_path_ok(x, transposed)
+    torch.testing.assert_close(ref.grouped_mm_forward(x, transposed, _offsets([8, 8, 8, 8])),
+                               ref.grouped_mm_forward(x, transposed.contiguous(), _offsets([8, 8, 8, 8])))
+    assert not ref._fast_path_ok(x, torch.randn(4, 32, 6).transpose(1, 2)), "column stride of 24 bytes"
     assert ref._fast_path_ok(torch.randn(33, 16)[1:], w), "a view starting one 64-byte row in stays aligned"
     assert not ref._fast_path_ok(torch.randn(32 * 16 + 1)[1:].view(32, 16), w), "data pointer off by 4 bytes"
 
