@@ -86,5 +86,16 @@ class GroupedMM(torch.autograd.Function):
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """Differentiable grouped GEMM: x [N, K] sorted by expert, w [E, K, M], offsets [E] cumulative ends (any integer
-    dtype; torch's grouped_mm wants int32)."""
+    dtype; torch's grouped_mm wants int32).
+
+    Under ``torch.compile`` on CPU, torch's grouped_mm traces only in bf16; other dtypes run this op eagerly (a graph
+    break around it), so a compiled layer works in every dtype.
+    """
+    if torch.compiler.is_compiling() and not (x.dtype == torch.bfloat16 or x.device.type == "cuda"):
+        return _eager_grouped_mm(x, w, offsets)
+    return GroupedMM.apply(x, w, offsets.to(torch.int32))
+
+
+@torch.compiler.disable
+def _eager_grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return GroupedMM.apply(x, w, offsets.to(torch.int32))
