@@ -270,6 +270,27 @@ def test_moe_mlp_gradcheck_float64_with_an_expert_receiving_no_token(activation,
     assert torch.autograd.gradcheck(fn, (x, weight, w1, w2, b1, b2))
 
 
+@pytest.mark.parametrize("h,d", [(3, 5), (5, 3)], ids=["narrow-hidden", "wide-hidden"])
+def test_moe_mlp_without_bias_gradchecks_whichever_side_the_routing_weight_scales(h, d):
+    g = torch.Generator().manual_seed(0)
+    token_index = torch.tensor([0, 1, 2, 3, 0, 2])
+    expert_index = torch.tensor([1, 0, 1, 1, 0, 0])
+    x = torch.randn(4, d, dtype=torch.float64, generator=g).requires_grad_()
+    weight = torch.rand(6, dtype=torch.float64, generator=g).requires_grad_()
+    w1 = torch.randn(2, d, h, dtype=torch.float64, generator=g).requires_grad_()
+    w2 = torch.randn(2, h, d, dtype=torch.float64, generator=g).requires_grad_()
+
+    def fn(x, weight, w1, w2):
+        return kernels.moe_mlp(x, token_index, expert_index, weight, w1, w2, activation="gelu")
+
+    assert torch.autograd.gradcheck(fn, (x, weight, w1, w2))
+    expected = torch.zeros(4, d, dtype=torch.float64)
+    for a in range(6):
+        t, e = token_index[a], expert_index[a]
+        expected[t] += weight[a] * (F.gelu(x[t] @ w1[e]) @ w2[e])
+    torch.testing.assert_close(fn(x, weight, w1, w2), expected)
+
+
 def test_moe_mlp_with_no_assignment_returns_zeros_and_zero_gradients():
     x = torch.randn(4, 8, requires_grad=True)
     w1, w2 = torch.randn(3, 8, 16, requires_grad=True), torch.randn(3, 16, 8, requires_grad=True)
