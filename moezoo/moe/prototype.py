@@ -1,0 +1,112 @@
+"""ProMoE's router (Wei et al., ICLR 2026, "Routing Matters in MoE: Scaling Diffusion Transformers with Explicit
+Routing Guidance"; facts from the official code, github ali-vilab/ProMoE).
+
+- Conditional routing: tokens whose sample had its label dropped (classifier-free guidance's null class) all go to a
+  dedicated unconditional expert (the last one) with weight 1.
+- Prototypical routing of the other tokens over R routed experts with learnable prototypes p_e (init N(0, 0.02)):
+
+      s_{t,e} = cos(x_t, p_e),   top-k of s_t (k = 1),   gate = s_{t,e} ("identity", the official default),
+      or softmax / sigmoid of s_t.
+
+- Routing contrastive loss, over the routed experts E' that received tokens in the batch, m_e = mean of e's tokens:
+
+      L = mean_{e in E'} CE( [cos(p_e, m_j) / tau]_{j in E'}, target e ),   tau = 0.07, weight 1
+
+  (each prototype pulled to the mean of its own tokens and pushed from the other experts' means; the gradient reaches
+  the prototypes and the tokens). No load-balancing loss.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .routing import Routing
+
+
+def routing_contrastive_loss(prototypes: torch.Tensor, tokens: torch.Tensor, expert_index: torch.Tensor,
+                             temperature: float = 0.07) -> torch.Tensor:
+    """L above, for tokens [A, d] assigned to ``expert_index`` [A] among R prototypes [R, d]; 0 if no expert has any."""
+    num_experts = prototypes.shape[0]
+    counts = torch.bincount(expert_index, minlength=num_experts)
+    sums = tokens.new_zeros(num_experts, tokens.shape[-1]).index_add(0, expert_index, tokens)
+    used = (counts > 0).nonzero().squeeze(1)
+    if used.numel() == 0:
+        return tokens.new_zeros(())
+    means = sums[used] / counts[used, None].to(tokens.dtype)
+    logits = F.normalize(prototypes[used], dim=-1) @ F.normalize(means, dim=-1).t() / temperature
+    return F.cross_entropy(logits, torch.arange(used.numel(), device=logits.device))
+
+
+class PrototypeRouter(nn.Module):
+    """ProMoE routing over ``num_routed`` prototype experts (+ 1 unconditional expert, the last index).
+
+    ``forward(x [T, d], condition=None)``: ``condition`` is a bool mask of dropped-label tokens, per token [T] or per
+    sample [B] (each sample's T / B tokens follow each other). Returns a Routing over num_routed (+1) experts whose
+    ``aux_losses`` hold ``routing_contrastive`` in training.
+    """
+
+    def __init__(self, dim: int, num_routed: int, k: int = 1, *, unconditional_expert: bool = True,
+                 gate: Literal["identity", "softmax", "sigmoid"] = "identity", contrastive_loss_weight: float = 1.0,
+                 temperature: float = 0.07, prototype_init_std: float = 0.02):
+        super().__init__()
+        if gate not in ("identity", "softmax", "sigmoid"):
+            raise ValueError(f"prototype router gate must be identity, softmax or sigmoid, got {gate!r}")
+        if not 1 <= k <= num_routed:
+            raise ValueError(f"prototype router: k={k} must be between 1 and num_routed ({num_routed})")
+        self.num_routed, self.k, self.gate = num_routed, k, gate
+        self.unconditional_expert = unconditional_expert
+        self.num_experts = num_routed + int(unconditional_expert)
+        self.contrastive_loss_weight, self.temperature = contrastive_loss_weight, temperature
+        self.prototypes = nn.Parameter(torch.randn(num_routed, dim) * prototype_init_std)
+
+    def _token_mask(self, condition, num_tokens: int, device) -> torch.Tensor:
+        if condition is None or not self.unconditional_expert:
+            return torch.zeros(num_tokens, dtype=torch.bool, device=device)
+        mask = torch.as_tensor(condition, device=device).bool().reshape(-1)
+        if mask.numel() != num_tokens:
+            if mask.numel() == 0 or num_tokens % mask.numel():
+                raise ValueError(f"condition has {mask.numel()} entries for {num_tokens} tokens: give one per token "
+                                 "or one per sample")
+            mask = mask.repeat_interleave(num_tokens // mask.numel())
+        return mask
+
+    def forward(self, x: torch.Tensor, *, group=None, condition=None) -> Routing:
+        if group is not None:
+            raise ValueError("the prototype router has no expert groups")
+        num_tokens = x.shape[0]
+        unconditional = self._token_mask(condition, num_tokens, x.device)
+        similarity = F.normalize(x.float(), dim=-1) @ F.normalize(self.prototypes.float(), dim=-1).t()  # [T, R]
+        if self.gate == "softmax":
+            scores = torch.softmax(similarity, -1)
+        elif self.gate == "sigmoid":
+            scores = torch.sigmoid(similarity)
+        else:
+            scores = similarity
+        routed = (~unconditional).nonzero().squeeze(1)
+        top = similarity[routed].topk(self.k, dim=-1).indices  # [T_c, k]
+        token_index = routed.repeat_interleave(self.k)
+        expert_index = top.reshape(-1)
+        weight = scores[routed].gather(1, top).reshape(-1)
+        if self.unconditional_expert:
+            dropped = unconditional.nonzero().squeeze(1)
+            token_index = torch.cat([token_index, dropped])
+            expert_index = torch.cat([expert_index, torch.full_like(dropped, self.num_routed)])
+            weight = torch.cat([weight, torch.ones(dropped.numel(), device=x.device)])
+        probs = torch.softmax(similarity, -1)
+        logits = similarity
+        if self.unconditional_expert:
+            one_hot = unconditional.float()[:, None]
+            probs = torch.cat([probs * (1 - one_hot), one_hot], dim=-1)
+            logits = torch.cat([similarity, torch.zeros_like(one_hot)], dim=-1)
+        aux = {}
+        if self.training and self.contrastive_loss_weight > 0:
+            top1 = top[:, 0]
+            aux["routing_contrastive"] = self.contrastive_loss_weight * routing_contrastive_loss(
+                self.prototypes, x[routed], top1, self.temperature)
+        return Routing(token_index=token_index, expert_index=expert_index, weight=weight.to(x.dtype),
+                       num_tokens=num_tokens, num_experts=self.num_experts, probs=probs, logits=logits,
+                       aux_losses=aux)

@@ -1,0 +1,60 @@
+"""ProMoE's router against its equations: conditional routing, cosine top-1 with raw-cosine gates, contrastive loss."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moezoo.moe import GroupedMLP, MoE, aux_loss_terms
+from moezoo.moe.prototype import PrototypeRouter, routing_contrastive_loss
+
+
+def test_dropped_label_tokens_go_to_the_unconditional_expert_with_weight_one():
+    torch.manual_seed(0)
+    router = PrototypeRouter(8, num_routed=3)
+    x = torch.randn(2 * 4, 8)
+    routing = router(x, condition=torch.tensor([False, True]))  # per sample: sample 1's 4 tokens were dropped
+    weights = routing.combine_weights()
+    assert routing.num_experts == 4
+    assert torch.equal(weights[4:], torch.tensor([[0.0, 0.0, 0.0, 1.0]] * 4))
+    assert (weights[:4, 3] == 0).all() and ((weights[:4, :3] != 0).sum(-1) == 1).all()
+
+
+def test_conditional_tokens_take_the_most_similar_prototype_with_the_raw_cosine_as_gate():
+    torch.manual_seed(0)
+    router = PrototypeRouter(8, num_routed=5, unconditional_expert=False)
+    x = torch.randn(10, 8)
+    cos = F.cosine_similarity(x[:, None], router.prototypes[None], dim=-1)
+    routing = router(x)
+    assert torch.equal(routing.expert_index, cos.argmax(-1))
+    torch.testing.assert_close(routing.weight, cos.max(-1).values)
+    soft = PrototypeRouter(8, num_routed=5, unconditional_expert=False, gate="softmax")
+    soft.load_state_dict(router.state_dict())
+    torch.testing.assert_close(soft(x).weight, torch.softmax(cos, -1).max(-1).values)
+
+
+def test_routing_contrastive_loss_is_cross_entropy_of_prototypes_against_expert_means():
+    torch.manual_seed(0)
+    prototypes, tokens = torch.randn(4, 6), torch.randn(9, 6)
+    expert = torch.tensor([0, 0, 2, 2, 2, 3, 0, 3, 2])  # expert 1 gets nothing: left out
+    means = torch.stack([tokens[expert == e].mean(0) for e in (0, 2, 3)])
+    logits = torch.stack([F.cosine_similarity(prototypes[e][None], means, dim=-1) for e in (0, 2, 3)]) / 0.07
+    expected = F.cross_entropy(logits, torch.arange(3))
+    torch.testing.assert_close(routing_contrastive_loss(prototypes, tokens, expert), expected)
+
+
+def test_contrastive_loss_is_recorded_by_the_moe_layer_in_training_only():
+    torch.manual_seed(0)
+    layer = MoE(8, PrototypeRouter(8, num_routed=3), GroupedMLP(4, 8, 16))
+    x = torch.randn(12, 8)
+    layer.train()(x, condition=torch.tensor([False, False, True]))
+    terms = aux_loss_terms(layer)
+    assert set(terms) == {"routing_contrastive"} and terms["routing_contrastive"] > 0
+    terms["routing_contrastive"].backward()
+    assert layer.router.prototypes.grad.abs().sum() > 0
+    layer.eval()(x)
+    assert aux_loss_terms(layer) == {}
+
+
+def test_condition_with_a_count_that_divides_no_tokens_is_a_clear_error():
+    with pytest.raises(ValueError, match="condition has 5 entries for 12 tokens"):
+        PrototypeRouter(8, num_routed=3)(torch.randn(12, 8), condition=torch.zeros(5, dtype=torch.bool))
