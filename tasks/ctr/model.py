@@ -63,7 +63,6 @@ class CTRTask(TaskModule):
         if self.task_weights is not None and len(self.task_weights) != len(tasks):
             raise MoezooError(f"model.task_weights has {len(self.task_weights)} values but the data has "
                              f"{len(tasks)} tasks ({', '.join(tasks)})")
-        self.hparams.update(cardinalities=cardinalities, num_numeric=num_numeric, tasks=tasks, domains=domains)
         self.tasks, self.domains, self.has_user = tasks, domains, has_user
         self.features = FeatureEmbedding(cardinalities, num_numeric, self.embed_dim)
         self.net = self.build_network(self.features.out_dim, tasks, domains)

@@ -1,0 +1,67 @@
+"""CTR variants end to end through the CLI: the embedded generator, the adult census preset, predict, and errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from moezoo.cli import main
+from moezoo.registry import list_tasks
+
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "ctr"
+QUIET = ["--trainer.enable_progress_bar", "false"]
+SMALL = ["--data.num_samples", "4000", "--data.batch_size", "256", "--trainer.max_epochs", "1"]
+
+
+def _metrics(root):
+    return json.loads((root / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("task", [name for name in list_tasks() if name.startswith("ctr/")])
+def test_every_ctr_variant_trains_on_the_generator_and_reports_auc_per_task_and_domain(task, tmp_path):
+    main(["fit", "--task", task, "--trainer.default_root_dir", str(tmp_path), *SMALL, *QUIET])
+    metrics = _metrics(tmp_path)
+    for name in ("click", "purchase"):
+        assert 0.0 <= metrics[f"test/auc_{name}"] <= 1.0
+        assert metrics[f"test/logloss_{name}"] > 0
+        assert any(k.startswith("test/domain_") and k.endswith(f"auc_{name}") for k in metrics)
+    usage = {k: v for k, v in metrics.items() if k.startswith("usage/")}
+    assert usage, "expert usage over the test set"
+    assert "best-epoch" in metrics["best_model_path"]
+
+
+def test_home_tests_again_from_its_checkpoint_and_predicts(tmp_path):
+    main(["fit", "--task", "ctr/home", "--trainer.default_root_dir", str(tmp_path), *SMALL, *QUIET])
+    fit = _metrics(tmp_path)
+    main(["test", "--task", "ctr/home", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path",
+          fit["best_model_path"], "--data.num_samples", "4000", *QUIET])
+    assert _metrics(tmp_path)["test/auc_click"] == pytest.approx(fit["test/auc_click"], abs=1e-6)
+    main(["predict", "--task", "ctr/home", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path",
+          fit["best_model_path"], "--data.num_samples", "4000", *QUIET])
+    predictions = torch.load(tmp_path / "predictions.pt")
+    assert predictions["prob"].shape[1] == 2 and ((predictions["prob"] >= 0) & (predictions["prob"] <= 1)).all()
+
+
+def test_gauc_is_reported_when_a_user_column_is_named(tmp_path):
+    main(["fit", "--task", "ctr/mmoe", "--trainer.default_root_dir", str(tmp_path), "--data.user", "user", *SMALL,
+          *QUIET])
+    assert 0.0 <= _metrics(tmp_path)["test/gauc_click"] <= 1.0
+
+
+@pytest.mark.skipif(not (SHARED / "adult" / "adult.data.gz").is_file(), reason="shared data not present")
+@pytest.mark.parametrize("task", ["ctr/mmoe", "ctr/adaptdhm"])
+def test_adult_preset_trains_both_census_tasks(task, tmp_path):
+    main(["fit", "--task", task, "--data.path", str(SHARED / "adult" / "adult.data.gz"), "--data.preset", "adult",
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1", *QUIET])
+    metrics = _metrics(tmp_path)
+    assert metrics["test/auc_income"] > 0.75 and metrics["test/auc_never_married"] > 0.75
+
+
+def test_home_categories_naming_an_unknown_task_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--task", "ctr/home", "--trainer.default_root_dir", str(tmp_path), *SMALL,
+              "--model.init_args.categories", "[[click], [cart]]", *QUIET])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "cart" in err and "Traceback" not in err
