@@ -164,7 +164,7 @@ def resolve_labels(preset: Preset, frame: pd.DataFrame) -> dict[str, str]:
     if labels.get("income") == "@income":
         raw = "income_50k" in frame.columns
         labels = {"income": "income_50k == '50000+.'" if raw else "income",
-                  "never_married": "marital_stat == 'Never married'" if raw else "`marital status`"}
+                  "never_married": "marital_stat == 'Never married'" if raw else "marital status"}
     if labels.get("click") == "@avazu":
         labels = {"click": avazu_labels(frame)}
     return labels
