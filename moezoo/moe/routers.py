@@ -96,13 +96,14 @@ class Router(nn.Module):
     # -- shared machinery ----------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *, group: torch.Tensor | None = None, condition=None) -> Routing:
         logits = self.gate(x)
-        allowed = None
+        allowed, record_group = None, group
         if self.group_mask is not None:
-            if group is None and self.group_mask.shape[0] == 1:
-                group = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-            if group is None:
+            if group is None and self.group_mask.shape[0] == 1:  # a static mask: no grouping to report
+                allowed = self.group_mask[0].expand(x.shape[0], -1)
+            elif group is None:
                 raise ValueError("this router has expert_groups: pass group=<group id per token>")
-            allowed = self.group_mask[group]
+            else:
+                allowed = self.group_mask[group]
             logits = logits.masked_fill(~allowed, float("-inf"))
         elif group is not None:
             raise ValueError("group ids were given but this router has no expert_groups")
@@ -124,7 +125,7 @@ class Router(nn.Module):
             probs=probs[:, : self.num_experts],
             logits=logits[:, : self.num_experts],
             dropped=dropped,
-            group=group,
+            group=record_group,
             aux_losses=aux_losses,
             soft=self.soft,
         )

@@ -22,8 +22,8 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 import torch_geometric.transforms as T
+from torch.utils.data import DataLoader
 from torch_geometric.data import Data
 from torch_geometric.utils import degree, to_undirected
 

@@ -18,7 +18,9 @@ def test_static_mask_gives_disallowed_experts_zero_weight_and_no_gradient():
     torch.manual_seed(0)
     router = SoftRouter(5, 6, expert_groups=[[0, 2, 5]])
     x = torch.randn(4, 5)
-    weights = router(x).combine_weights()
+    routing = router(x)
+    assert routing.group is None, "a static mask is not a grouping to report"
+    weights = routing.combine_weights()
     logits = x @ router.gate.weight.t()
     expected = torch.zeros(4, 6)
     expected[:, [0, 2, 5]] = torch.softmax(logits[:, [0, 2, 5]], -1)

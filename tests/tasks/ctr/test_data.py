@@ -26,9 +26,9 @@ def test_generator_is_seeded_and_has_the_documented_rates_and_oracle_auc():
     table, truth = synthetic.generate(100_000, 3, seed=0)
     again, _ = synthetic.generate(100_000, 3, seed=0)
     pd.testing.assert_frame_equal(table, again)
-    assert 0.2 < table["click"].mean() < 0.3 and 0.03 < table["purchase"].mean() < 0.05
+    assert 0.2 < table["click"].mean() < 0.3 and 0.03 < table["purchase"].mean() < 0.06
     oracle = synthetic.oracle_auc(table, truth)
-    assert oracle["click"] == pytest.approx(0.839, abs=0.002) and oracle["purchase"] == pytest.approx(0.869, abs=0.002)
+    assert oracle["click"] == pytest.approx(0.848, abs=0.002) and oracle["purchase"] == pytest.approx(0.871, abs=0.002)
     counts = table["domain"].value_counts()
     assert counts["domain_0"] > counts["domain_1"] > counts["domain_2"]
 
