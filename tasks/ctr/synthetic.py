@@ -14,7 +14,7 @@ the 8 + 4 fields allow; with more than 3 domains they repeat), so a model that s
 domains differ in which features matter, and the tasks share most of their signal (purchase reuses click's). Click
 rate is about 26 %, purchase about 5 %. The true probabilities are kept (``p_click``, ``p_purchase`` in ``truth``)
 so the best reachable AUC (the oracle's) is known: for the default 100,000 rows and seed 0, 0.848 for click and
-0.871 for purchase (``oracle_auc``; checked by ``tests/tasks/ctr/test_data.py``).
+0.871 for purchase (``oracle_auc``; checked by ``tests/tasks/ctr/test_ctr_data.py``).
 """
 
 from __future__ import annotations
