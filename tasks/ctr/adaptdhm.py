@@ -137,11 +137,8 @@ class AdaptDHM(CTRTask):
     """AdaptDHM: clusters samples by dynamic routing (no domain column needed) and gives each cluster its network."""
 
     def __init__(self, num_clusters: int = 4, iterations: int = 3, momentum: float = 0.9, temperature: float = 0.1,
-                 hidden: list[int] = [128, 64], dropout: float = 0.0, embed_dim: int = 16,  # noqa: B006
-                 lr: float = 1e-3, weight_decay: float = 0.0, embedding_weight_decay: float = 1e-6,
-                 task_weights: list[float] | None = None):
-        super().__init__(embed_dim=embed_dim, lr=lr, weight_decay=weight_decay,
-                         embedding_weight_decay=embedding_weight_decay, task_weights=task_weights)
+                 hidden: list[int] = [128, 64], dropout: float = 0.0, **kwargs):  # noqa: B006
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     def build_network(self, in_dim, tasks, domains):

@@ -164,10 +164,8 @@ class HoME(CTRTask):
     def __init__(self, categories: list[list[str]] | None = None, num_shared: int = 2, num_category: int = 2,
                  num_task: int = 1, expert_hidden: list[int] = [64], tower_hidden: list[int] = [32],  # noqa: B006
                  dropout: float = 0.0, feature_gate: bool = True, feature_gate_rank: int = 8,
-                 self_gate: bool = True, embed_dim: int = 16, lr: float = 1e-3, weight_decay: float = 0.0,
-                 embedding_weight_decay: float = 1e-6, task_weights: list[float] | None = None):
-        super().__init__(embed_dim=embed_dim, lr=lr, weight_decay=weight_decay,
-                         embedding_weight_decay=embedding_weight_decay, task_weights=task_weights)
+                 self_gate: bool = True, **kwargs):
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     def build_network(self, in_dim, tasks, domains):

@@ -39,11 +39,8 @@ class MMoE(CTRTask):
     """MMoE for multi-task (and multi-domain) CTR: shared experts, a softmax gate and a tower per task."""
 
     def __init__(self, num_experts: int = 8, expert_hidden: list[int] = [64], tower_hidden: list[int] = [32],  # noqa: B006
-                 dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False, embed_dim: int = 16,
-                 lr: float = 1e-3, weight_decay: float = 0.0, embedding_weight_decay: float = 1e-6,
-                 task_weights: list[float] | None = None):
-        super().__init__(embed_dim=embed_dim, lr=lr, weight_decay=weight_decay,
-                         embedding_weight_decay=embedding_weight_decay, task_weights=task_weights)
+                 dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False, **kwargs):
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     def build_network(self, in_dim, tasks, domains):

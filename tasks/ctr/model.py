@@ -8,7 +8,8 @@ whole test set (``usage/<gate>/e<i>``; ``usage/<gate>/<domain>/e<i>`` for router
 numbers users look at to see which experts each task and domain uses.
 
 The network is built in ``configure_model`` from the data module's fields, tasks and domains; subclasses implement
-``build_network(in_dim, tasks, domains)``.
+``build_network(in_dim, tasks, domains)`` and pass the arguments of ``CTRTask`` on as ``**kwargs`` (LightningCLI
+follows them, so ``--model.init_args.lr`` and ``--print_config`` show them for every model).
 """
 
 from __future__ import annotations

@@ -72,11 +72,8 @@ class PLE(CTRTask):
 
     def __init__(self, num_levels: int = 2, num_shared: int = 2, num_specific: int = 2,
                  expert_hidden: list[int] = [64], tower_hidden: list[int] = [32],  # noqa: B006
-                 dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False, embed_dim: int = 16,
-                 lr: float = 1e-3, weight_decay: float = 0.0, embedding_weight_decay: float = 1e-6,
-                 task_weights: list[float] | None = None):
-        super().__init__(embed_dim=embed_dim, lr=lr, weight_decay=weight_decay,
-                         embedding_weight_decay=embedding_weight_decay, task_weights=task_weights)
+                 dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False, **kwargs):
+        super().__init__(**kwargs)
         self.save_hyperparameters()
 
     def build_network(self, in_dim, tasks, domains):
