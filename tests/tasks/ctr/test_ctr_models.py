@@ -226,3 +226,40 @@ def test_gauc_is_the_impression_weighted_mean_of_per_user_auc_over_users_with_bo
         weight += m.sum()
     got = gauc(torch.tensor(preds), torch.tensor(labels), torch.tensor(users))
     assert float(got) == pytest.approx(total / weight)
+
+
+def _centre_update_rank(rank, world, port, results):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same initial centres on both ranks, as DDP's broadcast makes them
+        module = DistributionAdaptation(4, num_clusters=3, iterations=2, momentum=0.9).train()
+        start = module.centres.clone()
+        v = torch.randn(12, 4, generator=torch.Generator().manual_seed(rank + 1))
+        _, refined = module.route(F.normalize(v, dim=-1))
+        module(v)
+        results[rank] = (start.tolist(), refined.tolist(), module.centres.tolist())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_adaptdhm_centre_update_is_averaged_over_data_parallel_ranks():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_centre_update_rank, args=(2, port, results), nprocs=2, join=True)
+    start = torch.tensor(results[0][0])
+    mean_refined = (torch.tensor(results[0][1]) + torch.tensor(results[1][1])) / 2
+    expected = F.normalize(0.9 * start + 0.1 * mean_refined, dim=-1)
+    torch.testing.assert_close(torch.tensor(results[0][2]), expected)
+    torch.testing.assert_close(torch.tensor(results[1][2]), expected)
+    assert not torch.allclose(torch.tensor(results[0][1]), torch.tensor(results[1][1])), "ranks saw different data"
