@@ -216,21 +216,33 @@ class ExpertChoiceRouter(Router):
 
     S = softmax(X W_g) [T, E]; G, I = TopK(S^T, C): expert e processes tokens I[e] with weights G[e]. Every expert
     gets exactly C tokens (perfect balance by construction); a token may get any number of experts, including none.
+    With ``tokens_per_sample`` S_n (EC-DiT: the tokens of one image), the choice is made within each sample: the
+    T = B * S_n tokens are B consecutive samples and each expert takes its top C = ceil(S_n * c / E) of every sample.
     """
 
-    def __init__(self, dim: int, num_experts: int, capacity_factor: float = 1.0, **kwargs):
+    def __init__(self, dim: int, num_experts: int, capacity_factor: float = 1.0, *,
+                 tokens_per_sample: int | None = None, **kwargs):
         super().__init__(dim, num_experts, **kwargs)
         self.capacity_factor = capacity_factor
+        self.tokens_per_sample = tokens_per_sample
 
     def capacity(self, num_tokens: int) -> int:
         return min(num_tokens, math.ceil(num_tokens * self.capacity_factor / self.num_slots))
 
     def select(self, probs, scores):
-        capacity = self.capacity(probs.shape[0])
-        top_token = scores.t().topk(capacity, dim=-1).indices  # [S, C]
-        weight = probs.t().gather(1, top_token)
-        slot_index = torch.arange(self.num_slots, device=probs.device).repeat_interleave(capacity)
-        return top_token.reshape(-1), slot_index, weight.reshape(-1), None
+        num_tokens, num_slots = probs.shape
+        per_sample = self.tokens_per_sample or num_tokens
+        if num_tokens % per_sample:
+            raise ValueError(f"expert choice per sample: {num_tokens} tokens are not whole samples of "
+                             f"tokens_per_sample={per_sample}")
+        samples = num_tokens // per_sample
+        capacity = self.capacity(per_sample)
+        by_sample = scores.view(samples, per_sample, num_slots).transpose(1, 2)  # [B, S, n] -> [B, E, n]
+        top = by_sample.topk(capacity, dim=-1).indices  # [B, E, C], token index within its sample
+        token_index = top + (torch.arange(samples, device=probs.device) * per_sample)[:, None, None]
+        weight = probs.t().gather(1, token_index.transpose(0, 1).reshape(num_slots, -1))  # [E, B * C]
+        slot_index = torch.arange(num_slots, device=probs.device).repeat_interleave(samples * capacity)
+        return token_index.transpose(0, 1).reshape(-1), slot_index, weight.reshape(-1), None
 
 
 class TopPRouter(Router):

@@ -81,6 +81,24 @@ def test_expert_choice_gives_each_expert_exactly_capacity_tokens(tokens, experts
         assert torch.allclose(routing.weight[mine], probs[routing.token_index[mine], e], atol=1e-6)
 
 
+def test_expert_choice_per_sample_takes_each_experts_top_tokens_within_every_sample():
+    samples, per_sample, experts = 3, 8, 4
+    router = ExpertChoiceRouter(6, experts, capacity_factor=1.0, tokens_per_sample=per_sample)
+    x = _x(t=samples * per_sample)
+    routing = router(x)
+    capacity = per_sample // experts
+    probs = torch.softmax(x @ router.gate.weight.t(), dim=-1)
+    for b in range(samples):
+        rows = slice(b * per_sample, (b + 1) * per_sample)
+        for e in range(experts):
+            mine = (routing.expert_index == e) & (routing.token_index // per_sample == b)
+            expected = probs[rows, e].topk(capacity).indices + b * per_sample
+            assert sorted(routing.token_index[mine].tolist()) == sorted(expected.tolist())
+            torch.testing.assert_close(routing.weight[mine], probs[routing.token_index[mine], e])
+    with pytest.raises(ValueError, match="not whole samples"):
+        router(_x(t=20))
+
+
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8, 1.0])
 def test_top_p_picks_the_smallest_expert_set_whose_mass_reaches_p(p):
     router = TopPRouter(6, 6, p=p)
