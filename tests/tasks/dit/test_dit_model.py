@@ -1,0 +1,77 @@
+"""MoEDiT: shapes and adaLN-Zero start for every routing, diffusers save/load, ProMoE's conditional routing."""
+
+import pytest
+import torch
+
+from moezoo.moe import aux_loss_terms, moe_layers, routing_stats
+from moezoo.tasks.dit import MoEDiT
+
+TINY = dict(sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=10,
+            num_experts=4, moe_every=2)
+
+
+def _inputs(batch=3):
+    g = torch.Generator().manual_seed(0)
+    timesteps, labels = torch.tensor([10, 500, 999][:batch]), torch.tensor([1, 2, 3][:batch])
+    return torch.randn(batch, 3, 8, 8, generator=g), timesteps, labels
+
+
+@pytest.mark.parametrize("routing", ["dense", "token_choice", "expert_choice", "promoe"])
+def test_every_routing_maps_images_to_images_and_starts_at_zero(routing):
+    torch.manual_seed(0)
+    model = MoEDiT(routing=routing, **TINY)
+    x, t, y = _inputs()
+    out = model(x, t, y).sample
+    assert out.shape == x.shape and torch.equal(out, torch.zeros_like(out)), "adaLN-Zero: output 0 at init"
+    assert len(list(moe_layers(model))) == (0 if routing == "dense" else 1)
+
+
+@pytest.mark.parametrize("routing", ["token_choice", "promoe"])
+def test_save_pretrained_and_from_pretrained_round_trip(routing, tmp_path):
+    torch.manual_seed(0)
+    model = MoEDiT(routing=routing, **TINY).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t, y = _inputs()
+    model.save_pretrained(tmp_path)
+    loaded = MoEDiT.from_pretrained(tmp_path).eval()
+    assert loaded.config.routing == routing and loaded.config.num_experts == 4
+    torch.testing.assert_close(loaded(x, t, y).sample, model(x, t, y).sample)
+
+
+def test_promoe_sends_the_null_class_to_the_unconditional_expert_and_records_its_contrastive_loss():
+    torch.manual_seed(0)
+    model = MoEDiT(routing="promoe", class_dropout_prob=0.0, **TINY).train()
+    x, t, _ = _inputs()
+    y = torch.tensor([1, 10, 3])  # sample 1 asks for the unconditional output (null class = num_classes)
+    model(x, t, y)
+    (name, layer), = moe_layers(model)
+    load = routing_stats(model)[name]["load"]
+    tokens = model.num_patches
+    assert load[-1] == pytest.approx(tokens / (3 * tokens)), "one image in three goes to the unconditional expert"
+    assert set(aux_loss_terms(model)) == {"routing_contrastive"}
+
+
+def test_expert_choice_gives_every_expert_its_share_of_every_image():
+    torch.manual_seed(0)
+    model = MoEDiT(routing="expert_choice", **TINY)
+    x, t, y = _inputs()
+    model(x, t, y)
+    (name, _), = moe_layers(model)
+    load = routing_stats(model)[name]["load"]
+    torch.testing.assert_close(load, torch.full((4,), 0.25))
+
+
+def test_class_dropout_replaces_labels_by_the_null_class_in_training_only():
+    torch.manual_seed(0)
+    model = MoEDiT(routing="dense", class_dropout_prob=0.5, **TINY)
+    labels = torch.zeros(2000, dtype=torch.long)
+    dropped = (model.train().drop_labels(labels) == 10).float().mean()
+    assert 0.45 < dropped < 0.55
+    assert torch.equal(model.eval().drop_labels(labels), labels)
+
+
+def test_unknown_routing_is_a_clear_error():
+    with pytest.raises(ValueError, match="routing must be one of"):
+        MoEDiT(routing="soft", **TINY)
