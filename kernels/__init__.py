@@ -4,8 +4,9 @@
 - ``grouped_mm(x, w, offsets)``: differentiable grouped GEMM over expert-sorted rows.
 - ``moe_mlp(x, token_index, expert_index, weight, w1, w2, ...)``: the whole routed expert MLP.
 
-Backends: ``reference`` (torch; uses torch's grouped_mm where its dtype/alignment rules allow, a loop otherwise).
-Choose with the ``backend=`` argument or ``$MOEZOO_KERNEL_BACKEND``.
+Backends: ``reference`` (torch; uses torch's grouped_mm where its dtype/alignment rules allow, a loop otherwise),
+``triton`` (fused gather/scatter kernels, ``moezoo.kernels.triton``; CUDA, or CPU under TRITON_INTERPRET=1) and
+``auto`` (triton on CUDA, reference elsewhere). Choose with the ``backend=`` argument or ``$MOEZOO_KERNEL_BACKEND``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from .dispatch import available_backends, register_backend, resolve
 from .moe_mlp import moe_mlp_reference
 from .reference import grouped_mm as grouped_mm_reference
 from .reference import sort_by_expert
+from .triton import register as _register_triton
 
 register_backend("reference", grouped_mm=grouped_mm_reference, moe_mlp=moe_mlp_reference)
+_register_triton()  # imports no triton: the kernels load at their first call
 
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:

@@ -1,3 +1,19 @@
+"""Session-wide test settings.
+
+Without a GPU the Triton backend's kernels run in Triton's CPU interpreter: TRITON_INTERPRET must be set before
+triton itself is imported (its standard library, e.g. ``tl.cumsum``, is decorated at import), and many test modules
+load triton indirectly (torch._dynamo), so it is set here, in the first conftest pytest reads. ``import torch``
+does not load triton.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 
 

@@ -352,7 +352,7 @@ def test_backend_is_taken_from_the_argument_then_the_environment_then_reference(
         return ref.grouped_mm(x, w, offsets)
 
     kernels.register_backend("spy", grouped_mm=spy_grouped_mm)  # no moe_mlp: falls back to the reference one
-    assert kernels.available_backends() == ["reference", "spy"]
+    assert {"reference", "spy"} <= set(kernels.available_backends())
 
     monkeypatch.delenv("MOEZOO_KERNEL_BACKEND", raising=False)
     kernels.grouped_mm(*_small_inputs())
