@@ -77,6 +77,7 @@ def test_fit_writes_checkpoints_heatmap_and_metrics_then_tests_the_best_checkpoi
     metrics = _run(tmp_path, "fit", "--task", "image-classification", *FAST)
     assert {"val/acc", "test/acc", "train/loss", "best_model_path"} <= metrics.keys()
     assert metrics["epochs"] == 1 and metrics["global_step"] == 3
+    assert 0 < metrics["train_seconds_per_step"] < 60
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     best = Path(metrics["best_model_path"])
     assert best.parent == tmp_path / "checkpoints" and best.name.startswith("best-") and best.is_file()

@@ -35,12 +35,20 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 class TransformerBlock(nn.Module):
     """x + attn(norm(x)), then x + ffn(norm(x)); with adaLN-Zero (DiT) the norms are modulated by a condition c:
-    shift, scale, gate = Linear(SiLU(c)), h = norm(x) * (1 + scale) + shift, x = x + gate * f(h), gates start at 0."""
+    shift, scale, gate = Linear(SiLU(c)), h = norm(x) * (1 + scale) + shift, x = x + gate * f(h), gates start at 0.
+
+    ``decoupled_routing`` (EC-DiT / NucleusMoE, adaLN only): an MoE FFN's router sees [c, norm(x)], the condition
+    next to the un-modulated token, while its experts compute on the modulated h; its router then takes
+    ``cond_dim + dim`` inputs.
+    """
 
     def __init__(self, dim: int, num_heads: int, ffn: nn.Module, *, cond_dim: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, decoupled_routing: bool = False):
         super().__init__()
         self.adaln = cond_dim is not None
+        if decoupled_routing and not (self.adaln and isinstance(ffn, MoE)):
+            raise ValueError("decoupled_routing needs adaLN conditioning (cond_dim) and an MoE FFN")
+        self.decoupled_routing = decoupled_routing
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=not self.adaln, eps=1e-6)
         self.attn = SelfAttention(dim, num_heads, dropout)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=not self.adaln, eps=1e-6)
@@ -56,7 +64,11 @@ class TransformerBlock(nn.Module):
                 raise ValueError("this block uses adaLN conditioning: pass cond=[batch, cond_dim]")
             shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond).chunk(6, dim=-1)
             x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1), attn_mask, is_causal)
-            return x + gate2.unsqueeze(1) * self._ffn(modulate(self.norm2(x), shift2, scale2), moe_kwargs)
+            normed = self.norm2(x)
+            if self.decoupled_routing:
+                seen = torch.cat([cond.unsqueeze(1).expand(-1, normed.shape[1], -1), normed], dim=-1)
+                moe_kwargs = {**moe_kwargs, "router_input": seen}
+            return x + gate2.unsqueeze(1) * self._ffn(modulate(normed, shift2, scale2), moe_kwargs)
         x = x + self.attn(self.norm1(x), attn_mask, is_causal)
         return x + self._ffn(self.norm2(x), moe_kwargs)
 

@@ -14,10 +14,15 @@ Routing Guidance"; facts from the official code, github ali-vilab/ProMoE).
 
   (each prototype pulled to the mean of its own tokens and pushed from the other experts' means; the gradient reaches
   the prototypes and the tokens). No load-balancing loss.
+- Expert-choice form (``choice="expert"``): instead of each conditional token taking its top-k prototypes, each
+  routed expert takes its top C = ceil(S * c / R) conditional tokens of every sample by cosine similarity (S tokens
+  per sample, capacity factor c), with the same gate. A token may get any number of experts; c = 1 keeps the active
+  compute of top-1.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -51,13 +56,20 @@ class PrototypeRouter(nn.Module):
 
     def __init__(self, dim: int, num_routed: int, k: int = 1, *, unconditional_expert: bool = True,
                  gate: Literal["identity", "softmax", "sigmoid"] = "identity", contrastive_loss_weight: float = 1.0,
-                 temperature: float = 0.07, prototype_init_std: float = 0.02):
+                 temperature: float = 0.07, prototype_init_std: float = 0.02,
+                 choice: Literal["token", "expert"] = "token", capacity_factor: float = 1.0,
+                 tokens_per_sample: int | None = None):
         super().__init__()
         if gate not in ("identity", "softmax", "sigmoid"):
             raise ValueError(f"prototype router gate must be identity, softmax or sigmoid, got {gate!r}")
         if not 1 <= k <= num_routed:
             raise ValueError(f"prototype router: k={k} must be between 1 and num_routed ({num_routed})")
+        if choice not in ("token", "expert"):
+            raise ValueError(f"prototype router choice must be 'token' or 'expert', got {choice!r}")
+        if capacity_factor <= 0:
+            raise ValueError(f"prototype router: capacity_factor={capacity_factor} must be positive")
         self.num_routed, self.k, self.gate = num_routed, k, gate
+        self.choice, self.capacity_factor, self.tokens_per_sample = choice, capacity_factor, tokens_per_sample
         self.unconditional_expert = unconditional_expert
         self.num_experts = num_routed + int(unconditional_expert)
         self.contrastive_loss_weight, self.temperature = contrastive_loss_weight, temperature
@@ -74,6 +86,24 @@ class PrototypeRouter(nn.Module):
             mask = mask.repeat_interleave(num_tokens // mask.numel())
         return mask
 
+    def _expert_choice(self, similarity: torch.Tensor, unconditional: torch.Tensor):
+        """(token_index, expert_index) when each routed expert takes its top-C conditional tokens of every sample."""
+        num_tokens = similarity.shape[0]
+        per_sample = self.tokens_per_sample or num_tokens
+        if num_tokens % per_sample:
+            raise ValueError(f"prototype expert choice: {num_tokens} tokens are not whole samples of "
+                             f"tokens_per_sample={per_sample}")
+        samples = num_tokens // per_sample
+        capacity = min(per_sample, math.ceil(per_sample * self.capacity_factor / self.num_routed))
+        masked = similarity.masked_fill(unconditional[:, None], float("-inf"))
+        top = masked.view(samples, per_sample, self.num_routed).transpose(1, 2).topk(capacity, dim=-1)  # [B, R, C]
+        token_index = top.indices + (torch.arange(samples, device=similarity.device) * per_sample)[:, None, None]
+        expert_index = torch.arange(self.num_routed, device=similarity.device)[None, :, None].expand_as(token_index)
+        keep = torch.isfinite(top.values).transpose(0, 1).reshape(-1)  # an unconditional sample's tokens: never
+        token_index = token_index.transpose(0, 1).reshape(-1)[keep]
+        expert_index = expert_index.transpose(0, 1).reshape(-1)[keep]
+        return token_index, expert_index
+
     def forward(self, x: torch.Tensor, *, group=None, condition=None) -> Routing:
         if group is not None:
             raise ValueError("the prototype router has no expert groups")
@@ -86,11 +116,17 @@ class PrototypeRouter(nn.Module):
             scores = torch.sigmoid(similarity)
         else:
             scores = similarity
-        routed = (~unconditional).nonzero().squeeze(1)
-        top = similarity[routed].topk(self.k, dim=-1).indices  # [T_c, k]
-        token_index = routed.repeat_interleave(self.k)
-        expert_index = top.reshape(-1)
-        weight = scores[routed].gather(1, top).reshape(-1)
+        if self.choice == "expert":
+            token_index, expert_index = self._expert_choice(similarity, unconditional)
+            weight = scores[token_index, expert_index]
+            members = (token_index, expert_index)  # every assignment counts towards its expert's mean
+        else:
+            routed = (~unconditional).nonzero().squeeze(1)
+            top = similarity[routed].topk(self.k, dim=-1).indices  # [T_c, k]
+            token_index = routed.repeat_interleave(self.k)
+            expert_index = top.reshape(-1)
+            weight = scores[routed].gather(1, top).reshape(-1)
+            members = (routed, top[:, 0])
         if self.unconditional_expert:
             dropped = unconditional.nonzero().squeeze(1)
             token_index = torch.cat([token_index, dropped])
@@ -104,9 +140,8 @@ class PrototypeRouter(nn.Module):
             logits = torch.cat([similarity, torch.zeros_like(one_hot)], dim=-1)
         aux = {}
         if self.training and self.contrastive_loss_weight > 0:
-            top1 = top[:, 0]
             aux["routing_contrastive"] = self.contrastive_loss_weight * routing_contrastive_loss(
-                self.prototypes, x[routed], top1, self.temperature)
+                self.prototypes, x[members[0]], members[1], self.temperature)
         return Routing(token_index=token_index, expert_index=expert_index, weight=weight.to(x.dtype),
                        num_tokens=num_tokens, num_experts=self.num_experts, probs=probs, logits=logits,
                        aux_losses=aux)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -74,10 +75,23 @@ def _number(value):
 
 class MetricsJson(L.Callback):
     """Merges the final metrics of each fit / validate / test into ``<run dir>/metrics.json`` (flat, by metric name),
-    so results can be scripted. Fit also records the best checkpoint and its score."""
+    so results can be scripted. Fit also records the best checkpoint and its score, and ``train_seconds_per_step``:
+    the mean wall time of a training batch (forward, backward, optimizer step), the first one (warm-up) left out."""
 
     def __init__(self, filename: str = "metrics.json"):
         self.filename = filename
+        self._step_start: float | None = None
+        self._step_times: list[float] = []
+
+    def on_fit_start(self, trainer, pl_module):
+        self._step_times = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._step_start is not None:
+            self._step_times.append(time.perf_counter() - self._step_start)
 
     def _write(self, trainer, extra: dict | None = None) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
@@ -96,6 +110,9 @@ class MetricsJson(L.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         extra = {"epochs": trainer.current_epoch, "global_step": trainer.global_step}
+        timed = self._step_times[1:] or self._step_times
+        if timed:
+            extra["train_seconds_per_step"] = sum(timed) / len(timed)
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and getattr(ckpt, "best_model_path", ""):
             extra["best_model_path"] = ckpt.best_model_path

@@ -73,3 +73,24 @@ def test_moe_keywords_reach_the_moe_layers():
     for block in model.blocks:
         counts = block.ffn.record.last["counts"]
         assert counts[:2].sum() == 2 and counts[2:].sum() == 4
+
+
+def test_decoupled_routing_routes_on_the_condition_and_the_unmodulated_token():
+    from moezoo.moe import GroupedMLP, TopKRouter
+
+    torch.manual_seed(0)
+    dim, cond_dim = 8, 6
+    block = TransformerBlock(dim, 2, MoE(dim, TopKRouter(cond_dim + dim, 4, k=1), GroupedMLP(4, dim, 16)),
+                             cond_dim=cond_dim, decoupled_routing=True)
+    torch.nn.init.normal_(block.modulation[1].weight)  # non-zero modulation: modulated != un-modulated
+    seen = {}
+    block.ffn.router.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
+    x, cond = torch.randn(2, 3, dim), torch.randn(2, cond_dim)
+    block(x, cond)
+    h = x + block.modulation(cond).chunk(6, -1)[2].unsqueeze(1) * block.attn(
+        block.norm1(x) * (1 + block.modulation(cond).chunk(6, -1)[1].unsqueeze(1))
+        + block.modulation(cond).chunk(6, -1)[0].unsqueeze(1))
+    expected = torch.cat([cond.unsqueeze(1).expand(-1, 3, -1), block.norm2(h)], -1).reshape(6, -1)
+    torch.testing.assert_close(seen["x"], expected)
+    with pytest.raises(ValueError, match="decoupled_routing needs adaLN"):
+        TransformerBlock(dim, 2, DenseMLP(dim, 16), cond_dim=cond_dim, decoupled_routing=True)

@@ -58,3 +58,38 @@ def test_contrastive_loss_is_recorded_by_the_moe_layer_in_training_only():
 def test_condition_with_a_count_that_divides_no_tokens_is_a_clear_error():
     with pytest.raises(ValueError, match="condition has 5 entries for 12 tokens"):
         PrototypeRouter(8, num_routed=3)(torch.randn(12, 8), condition=torch.zeros(5, dtype=torch.bool))
+
+
+def test_expert_choice_form_gives_each_expert_its_top_c_conditional_tokens_of_every_sample():
+    torch.manual_seed(0)
+    router = PrototypeRouter(8, num_routed=4, choice="expert", capacity_factor=1.0, tokens_per_sample=8,
+                             gate="sigmoid")
+    x = torch.randn(3 * 8, 8)
+    condition = torch.tensor([False, True, False])  # sample 1 was label-dropped
+    routing = router(x, condition=condition)
+    cos = F.cosine_similarity(x[:, None], router.prototypes[None], dim=-1)
+    capacity = 2  # ceil(8 * 1.0 / 4)
+    for sample in (0, 2):
+        rows = slice(8 * sample, 8 * sample + 8)
+        for e in range(4):
+            chosen = routing.token_index[(routing.expert_index == e) & (routing.token_index // 8 == sample)]
+            expected = cos[rows, e].topk(capacity).indices + 8 * sample
+            assert torch.equal(chosen.sort().values, expected.sort().values)
+    picked = routing.expert_index < 4
+    torch.testing.assert_close(routing.weight[picked],
+                               torch.sigmoid(cos[routing.token_index[picked], routing.expert_index[picked]]))
+    dropped = routing.token_index[routing.expert_index == 4]  # the unconditional expert: all of sample 1, weight 1
+    assert torch.equal(dropped.sort().values, torch.arange(8, 16))
+    assert (routing.weight[~picked] == 1).all()
+
+
+def test_expert_choice_form_pulls_prototypes_to_the_tokens_they_chose():
+    torch.manual_seed(0)
+    layer = MoE(8, PrototypeRouter(8, num_routed=3, choice="expert", tokens_per_sample=6), GroupedMLP(4, 8, 16))
+    layer.train()(torch.randn(12, 8), condition=torch.tensor([False, True]))
+    loss = aux_loss_terms(layer)["routing_contrastive"]
+    assert loss > 0
+    loss.backward()
+    assert layer.router.prototypes.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="not whole samples of tokens_per_sample=5"):
+        PrototypeRouter(8, num_routed=3, choice="expert", tokens_per_sample=5)(torch.randn(12, 8))
