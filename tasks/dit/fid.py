@@ -99,3 +99,18 @@ def load_or_train_classifier(datamodule) -> tuple[FeatureClassifier, float]:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "val_acc": val_acc, "identity": datamodule.identity}, path)
     return model, val_acc
+
+
+def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Path, batch_size: int = 64) -> float:
+    """The standard FID (torchmetrics' ``FrechetInceptionDistance``, torch-fidelity's InceptionV3, 2048-d pool
+    features) between images ``real`` and ``fake`` [N, C, H, W] in [0, 1] (grayscale repeated to RGB, resized to 299
+    by the extractor), with the Inception weights at ``weights_path`` (torch-fidelity's
+    ``weights-inception-2015-12-05-6726825d.pth``; nothing is downloaded)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights_path))
+    metric = metric.to(real.device)
+    for images, is_real in ((real, True), (fake, False)):
+        for chunk in images.split(batch_size):
+            metric.update(chunk.expand(-1, 3, -1, -1) if chunk.shape[1] == 1 else chunk, real=is_real)
+    return float(metric.compute())

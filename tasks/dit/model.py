@@ -7,11 +7,16 @@
 ``routing`` picks the FFN of the MoE blocks at equal active compute (dense hidden = mlp_ratio * d):
 - ``dense``: the plain DiT FFN.
 - ``token_choice``: top-k routing over E experts of hidden mlp_ratio * d / k, Switch balancing loss (DiT-MoE style).
-- ``expert_choice``: each expert takes its top C = S * c / E tokens of every image (EC-DiT), hidden mlp_ratio * d / c.
+- ``expert_choice``: each expert takes its top C = S * c / E tokens of every image (EC-DiT), hidden mlp_ratio * d / c;
+  softmax affinity, gate init std 0.006 (the ProMoE repository's EC baseline). ``decoupled_routing``: the router sees
+  [timestep-and-label embedding, un-modulated token] while the experts compute on the modulated token (EC-DiT /
+  diffusers' NucleusMoE); it applies to ``token_choice`` too.
 - ``promoe``: ProMoE (``moezoo.moe.PrototypeRouter``): tokens of images whose label was dropped (the CFG null class)
-  go to an unconditional expert, the others to their nearest prototype (top-1, raw cosine gate); an always-on shared
-  expert; every expert at half the dense width, so shared + one routed expert equal the dense FFN; the routing
-  contrastive loss is an aux loss.
+  go to an unconditional expert, the others to their nearest prototype (top-1, gate ``prototype_gate``: the raw
+  cosine by default, or its softmax / sigmoid); an always-on shared expert; every expert at half the dense width, so
+  shared + one routed expert equal the dense FFN; the routing contrastive loss is an aux loss. With
+  ``prototype_choice="expert"`` each prototype expert takes its top C = S * c / E conditional tokens of every image
+  instead (ProMoE's expert-choice form; c = 1 keeps the active compute).
 
 Class dropout for classifier-free guidance: in training each label is replaced by the null class ``num_classes``
 with probability ``class_dropout_prob``; pass ``class_labels = num_classes`` to ask for the unconditional output.
@@ -31,6 +36,8 @@ from moezoo.backbones.transformer import TransformerBlock, modulate
 from moezoo.moe import DenseMLP, ExpertChoiceRouter, GroupedMLP, MoE, PrototypeRouter, TopKRouter
 
 ROUTINGS = ("dense", "token_choice", "expert_choice", "promoe")
+# (hidden_size, depth, num_heads) of the DiT / ProMoE sizes; GPU scale (the default task size trains on CPU)
+SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
 
 
 class MoEDiT(ModelMixin, ConfigMixin):
@@ -44,10 +51,13 @@ class MoEDiT(ModelMixin, ConfigMixin):
                  depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0, num_classes: int = 1000,
                  class_dropout_prob: float = 0.1, routing: str = "promoe", num_experts: int = 8, top_k: int = 2,
                  capacity_factor: float = 1.0, moe_every: int = 2, balance_loss_weight: float = 0.01,
-                 contrastive_loss_weight: float = 1.0):
+                 contrastive_loss_weight: float = 1.0, prototype_gate: str = "identity",
+                 prototype_choice: str = "token", decoupled_routing: bool = False):
         super().__init__()
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {routing!r}")
+        if decoupled_routing and routing not in ("token_choice", "expert_choice"):
+            raise ValueError(f"decoupled_routing applies to token_choice and expert_choice routing, not {routing!r}")
         self.patch_embed = PatchEmbed(sample_size, sample_size, patch_size, in_channels, hidden_size,
                                       pos_embed_type="sincos")
         self.num_patches = (sample_size // patch_size) ** 2
@@ -57,7 +67,8 @@ class MoEDiT(ModelMixin, ConfigMixin):
         blocks = []
         for i in range(depth):
             moe_block = routing != "dense" and moe_every > 0 and (i + 1) % moe_every == 0
-            blocks.append(TransformerBlock(hidden_size, num_heads, self._ffn(moe_block), cond_dim=hidden_size))
+            blocks.append(TransformerBlock(hidden_size, num_heads, self._ffn(moe_block), cond_dim=hidden_size,
+                                           decoupled_routing=moe_block and decoupled_routing))
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.modulation_out = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
@@ -71,14 +82,18 @@ class MoEDiT(ModelMixin, ConfigMixin):
         dim, hidden = c.hidden_size, int(c.hidden_size * c.mlp_ratio)
         if not moe_block:
             return DenseMLP(dim, hidden, activation="gelu_tanh")
+        router_dim = 2 * dim if c.decoupled_routing else dim  # [condition, un-modulated token]
         if c.routing == "token_choice":
-            router = TopKRouter(dim, c.num_experts, k=c.top_k, balance_loss_weight=c.balance_loss_weight)
+            router = TopKRouter(router_dim, c.num_experts, k=c.top_k, balance_loss_weight=c.balance_loss_weight)
             return MoE(dim, router, GroupedMLP(c.num_experts, dim, hidden // c.top_k, activation="gelu_tanh"))
         if c.routing == "expert_choice":
-            router = ExpertChoiceRouter(dim, c.num_experts, c.capacity_factor, tokens_per_sample=self.num_patches)
+            router = ExpertChoiceRouter(router_dim, c.num_experts, c.capacity_factor,
+                                        tokens_per_sample=self.num_patches, gate_init_std=0.006)
             width = int(hidden / c.capacity_factor)
             return MoE(dim, router, GroupedMLP(c.num_experts, dim, width, activation="gelu_tanh"))
-        router = PrototypeRouter(dim, c.num_experts, contrastive_loss_weight=c.contrastive_loss_weight)
+        router = PrototypeRouter(dim, c.num_experts, contrastive_loss_weight=c.contrastive_loss_weight,
+                                 gate=c.prototype_gate, choice=c.prototype_choice,
+                                 capacity_factor=c.capacity_factor, tokens_per_sample=self.num_patches)
         return MoE(dim, router, GroupedMLP(c.num_experts + 1, dim, hidden // 2, activation="gelu_tanh"),
                    shared_experts=DenseMLP(dim, hidden // 2, activation="gelu_tanh"))
 

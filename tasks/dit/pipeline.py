@@ -3,8 +3,9 @@
     eps_or_v = uncond + guidance_scale * (cond - uncond)     (one batched pass over [cond; null-class] inputs)
 
 Works with ``FlowMatchEulerDiscreteScheduler`` (rectified flow: velocity) and ``DDPMScheduler`` (epsilon); with
-``guidance_scale`` 1 the unconditional half is not computed. Each MoE layer records both halves of a guided pass,
-as it records any forward.
+``guidance_scale`` 1 the unconditional half is not computed. With a ``vae`` (diffusers ``AutoencoderKL``) the model
+runs on its latents (scaled by ``vae.config.scaling_factor``, as in diffusers' DiTPipeline) and the pipeline
+decodes. Each MoE layer records both halves of a guided pass, as it records any forward.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ class MoEDiTPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "transformer"
 
-    def __init__(self, transformer, scheduler):
+    def __init__(self, transformer, scheduler, vae=None):
         super().__init__()
-        self.register_modules(transformer=transformer, scheduler=scheduler)
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
 
     def register_modules(self, **modules):
         super().register_modules(**modules)
@@ -53,6 +54,8 @@ class MoEDiTPipeline(DiffusionPipeline):
                 cond, uncond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(out, t, latents, generator=generator).prev_sample
+        if self.vae is not None:
+            latents = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         images = (latents / 2 + 0.5).clamp(0, 1)  # the models train on images scaled to [-1, 1]
         if output_type == "np":
             images = images.permute(0, 2, 3, 1).float().cpu().numpy()

@@ -4,28 +4,54 @@ Training: ``objective`` rectified_flow (velocity target, logit-normal sigma) or 
 aux losses (TaskModule). Validation: the same loss at fixed noise (seeded) so epochs compare. Each validation epoch
 writes ``samples/epoch_NNN.png`` (one row per class, ``cfg_scale``). Test (``moezoo test``): ``test/fid_cls`` between
 ``samples_per_class`` generated images per class and the test split, and ``test/sample_acc`` (the classifier's
-accuracy on the generated images, against the class they were asked for); see ``fid.py``.
+accuracy on the generated images, against the class they were asked for); see ``fid.py``. With
+``inception_weights`` also ``test/fid_inception`` (the standard Inception FID, torchmetrics). Test also writes the
+expert load by timestep and by class (``expert_load/test_by_{timestep,class}.png``, ``routing_by.json``) and logs
+their normalised mutual information with the expert choice (``test/class_expert_nmi``, ``test/timestep_expert_nmi``;
+``specialisation.py``).
+
+Latent space: ``vae`` names a diffusers ``AutoencoderKL`` folder (``save_pretrained`` layout, local or a hub id in the
+cache); the model then trains on its latents (``latent_dist.sample() * scaling_factor``) and samples are decoded.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from torchvision.utils import save_image
 
+from moezoo.errors import MoezooError
 from moezoo.training import TaskModule
 
-from .fid import frechet_distance, load_or_train_classifier
-from .model import MoEDiT
+from .fid import frechet_distance, inception_fid, load_or_train_classifier
+from .model import SIZES, MoEDiT
 from .objectives import ddpm_loss, rectified_flow_loss
 from .pipeline import MoEDiTPipeline
+from .specialisation import expert_load_by_timestep_and_class, normalized_mutual_information, plot_load_by
+
+
+def load_vae(path: str) -> AutoencoderKL:
+    """A frozen diffusers AutoencoderKL from ``path``; a clear error when it is not one."""
+    try:
+        vae = AutoencoderKL.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise MoezooError(f"model.vae: {path} is not a diffusers AutoencoderKL folder ({str(error).splitlines()[0]})")
+    return vae.eval().requires_grad_(False)
 
 
 class DiTTask(TaskModule):
-    """Class-conditional MoE DiT on an image data module (``DiffusionImageData``)."""
+    """Class-conditional MoE DiT on an image data module (``DiffusionImageData``).
+
+    The model arguments are ``MoEDiT``'s (``routing``, ``num_experts``, ``capacity_factor``, ``prototype_gate``,
+    ``prototype_choice``, ``decoupled_routing``, ...); ``size`` (S, B, L, XL) sets hidden size, depth and heads to the
+    DiT / ProMoE sizes instead of ``hidden_size`` / ``depth`` / ``num_heads`` (GPU scale). ``vae``: an AutoencoderKL
+    folder for latent diffusion; ``inception_weights``: torch-fidelity's InceptionV3 weights file for the standard
+    FID at test; ``timestep_bins``: the bins of the expert-load-by-timestep table.
+    """
 
     monitor = "val/loss"
     monitor_mode = "min"
@@ -35,25 +61,42 @@ class DiTTask(TaskModule):
                  mlp_ratio: float = 4.0, num_experts: int = 4, top_k: int = 2, capacity_factor: float = 1.0,
                  moe_every: int = 2, class_dropout_prob: float = 0.1, balance_loss_weight: float = 0.01,
                  contrastive_loss_weight: float = 1.0,
+                 prototype_gate: Literal["identity", "softmax", "sigmoid"] = "identity",
+                 prototype_choice: Literal["token", "expert"] = "token", decoupled_routing: bool = False,
                  objective: Literal["rectified_flow", "ddpm"] = "rectified_flow", cfg_scale: float = 1.5,
                  sample_steps: int = 20, samples_per_class: int = 20, lr: float = 3e-4, weight_decay: float = 0.0,
-                 warmup_epochs: float = 0.0):
+                 warmup_epochs: float = 0.0, vae: str | None = None, inception_weights: str | None = None,
+                 timestep_bins: int = 10, size: Literal["S", "B", "L", "XL"] | None = None):
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, cosine=False)
+        if inception_weights is not None and not Path(inception_weights).expanduser().is_file():
+            raise MoezooError(f"model.inception_weights: {inception_weights} is not a file (torch-fidelity's "
+                              "weights-inception-2015-12-05-6726825d.pth)")
         self.save_hyperparameters()
         self.model: MoEDiT | None = None
+        self.vae: AutoencoderKL | None = None
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
         data = self.trainer.datamodule
         h = self.hparams
-        self.model = MoEDiT(sample_size=data.image_size, patch_size=h.patch_size, in_channels=data.channels,
-                            hidden_size=h.hidden_size, depth=h.depth, num_heads=h.num_heads, mlp_ratio=h.mlp_ratio,
+        sample_size, channels = data.image_size, data.channels
+        hidden_size, depth, num_heads = SIZES[h.size] if h.size else (h.hidden_size, h.depth, h.num_heads)
+        if h.vae is not None:
+            self.vae = load_vae(h.vae)
+            if self.vae.config.in_channels != data.channels:
+                raise MoezooError(f"model.vae: {h.vae} reads {self.vae.config.in_channels}-channel images but the "
+                                  f"data has {data.channels} channels")
+            sample_size = data.image_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
+            channels = self.vae.config.latent_channels
+        self.model = MoEDiT(sample_size=sample_size, patch_size=h.patch_size, in_channels=channels,
+                            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=h.mlp_ratio,
                             num_classes=data.num_classes, class_dropout_prob=h.class_dropout_prob,
                             routing=h.routing, num_experts=h.num_experts, top_k=h.top_k,
                             capacity_factor=h.capacity_factor, moe_every=h.moe_every,
                             balance_loss_weight=h.balance_loss_weight,
-                            contrastive_loss_weight=h.contrastive_loss_weight)
+                            contrastive_loss_weight=h.contrastive_loss_weight, prototype_gate=h.prototype_gate,
+                            prototype_choice=h.prototype_choice, decoupled_routing=h.decoupled_routing)
         self.train_scheduler = DDPMScheduler(num_train_timesteps=1000)
 
     def scheduler(self):
@@ -61,24 +104,43 @@ class DiTTask(TaskModule):
             return FlowMatchEulerDiscreteScheduler()
         return DDPMScheduler(num_train_timesteps=1000)
 
+    def state_dict(self, *args, **kwargs):
+        # the VAE is frozen and loaded from its own folder: keep it out of the checkpoints
+        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("vae.")}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.vae is not None:
+            state_dict = {**state_dict, **{f"vae.{k}": v for k, v in self.vae.state_dict().items()}}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def to_model_space(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [-1, 1] -> what the model diffuses: the images, or the VAE's scaled latents."""
+        if self.vae is None:
+            return images
+        with torch.no_grad():
+            latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample(generator)
+        return latents * self.vae.config.scaling_factor
+
     def task_step(self, batch, stage):
         images, labels = batch
         generator = None
         if stage != "train":  # fixed noise: validation losses compare across epochs
             generator = torch.Generator(device=images.device).manual_seed(1234)
+        if stage == "test":
+            self._test_images.append(images.detach().cpu())
+            self._test_labels.append(labels.detach().cpu())
+        images = self.to_model_space(images, generator)
         if self.hparams.objective == "rectified_flow":
             loss = rectified_flow_loss(self.model, images, labels, generator=generator)
         else:
             loss = ddpm_loss(self.model, self.train_scheduler, images, labels, generator=generator)
         self.log("train/task_loss" if stage == "train" else f"{stage}/loss", loss, batch_size=len(labels),
                  prog_bar=stage == "val")
-        if stage == "test":
-            self._test_images.append(images.detach().cpu())
         return loss
 
     def sample(self, labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """Images in [0, 1] for ``labels``, with the configured guidance and steps."""
-        pipe = MoEDiTPipeline(transformer=self.model, scheduler=self.scheduler())
+        pipe = MoEDiTPipeline(transformer=self.model, scheduler=self.scheduler(), vae=self.vae)
         pipe.set_progress_bar_config(disable=True)
         was_training = self.model.training
         self.model.eval()
@@ -99,7 +161,7 @@ class DiTTask(TaskModule):
         save_image(grid, path, nrow=4)
 
     def on_test_epoch_start(self):
-        self._test_images = []
+        self._test_images, self._test_labels = [], []
 
     def on_test_epoch_end(self):
         classifier, _ = load_or_train_classifier(self.trainer.datamodule)
@@ -107,8 +169,36 @@ class DiTTask(TaskModule):
         classes = self.model.config.num_classes
         labels = torch.arange(classes, device=self.device).repeat_interleave(self.hparams.samples_per_class)
         fakes = torch.cat([self.sample(chunk, seed=i) for i, chunk in enumerate(labels.split(256))])
+        real_images = torch.cat(self._test_images).to(self.device)
         with torch.no_grad():
-            real = classifier.features(torch.cat(self._test_images).to(self.device))
+            real = classifier.features(real_images)
             fake = classifier.features(fakes * 2 - 1)  # the classifier reads [-1, 1] images like the data
             accuracy = (classifier.head(fake).argmax(-1) == labels).float().mean()
-        self.log_dict({"test/fid_cls": frechet_distance(real, fake), "test/sample_acc": accuracy})
+        metrics = {"test/fid_cls": frechet_distance(real, fake), "test/sample_acc": accuracy}
+        if self.hparams.inception_weights is not None:
+            weights = Path(self.hparams.inception_weights).expanduser()
+            metrics["test/fid_inception"] = inception_fid(real_images / 2 + 0.5, fakes, weights)
+        metrics.update(self._routing_specialisation(real_images, torch.cat(self._test_labels).to(self.device)))
+        self.log_dict(metrics)
+
+    def _routing_specialisation(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Expert load by timestep and by class on the test images: heatmaps, JSON, and the mean NMIs."""
+        generator = torch.Generator(device=images.device).manual_seed(4321)
+        latents = torch.cat([self.to_model_space(chunk, generator) for chunk in images.split(256)])
+        tables = expert_load_by_timestep_and_class(self.model, latents, labels, objective=self.hparams.objective,
+                                                   scheduler=self.train_scheduler, bins=self.hparams.timestep_bins)
+        if not tables:
+            return {}
+        nmi = {key: [normalized_mutual_information(t[key]) for t in tables.values()]
+               for key in ("by_class", "by_timestep")}
+        if self.trainer.is_global_zero:
+            run = Path(self.trainer.default_root_dir)
+            bins = self.hparams.timestep_bins
+            ticks = [f"{int(1000 * (b + 0.5) / bins)}" for b in range(bins)]
+            plot_load_by(tables, "by_timestep", run / "expert_load" / "test_by_timestep.png", "timestep", ticks)
+            plot_load_by(tables, "by_class", run / "expert_load" / "test_by_class.png", "class",
+                         [str(c) for c in range(self.model.config.num_classes)])
+            summary = {name: {key: t.tolist() for key, t in table.items()} for name, table in tables.items()}
+            (run / "routing_by.json").write_text(json.dumps({"nmi": nmi, "counts": summary}, indent=1))
+        return {"test/class_expert_nmi": sum(nmi["by_class"]) / len(tables),
+                "test/timestep_expert_nmi": sum(nmi["by_timestep"]) / len(tables)}

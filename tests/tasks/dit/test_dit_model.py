@@ -75,3 +75,30 @@ def test_class_dropout_replaces_labels_by_the_null_class_in_training_only():
 def test_unknown_routing_is_a_clear_error():
     with pytest.raises(ValueError, match="routing must be one of"):
         MoEDiT(routing="soft", **TINY)
+
+
+@pytest.mark.parametrize("routing", ["token_choice", "expert_choice"])
+def test_decoupled_routing_feeds_the_router_the_condition_and_the_unmodulated_token(routing):
+    torch.manual_seed(0)
+    model = MoEDiT(routing=routing, decoupled_routing=True, **TINY)
+    (name, layer), = moe_layers(model)
+    assert layer.router.gate.in_features == 2 * TINY["hidden_size"]
+    seen = {}
+    layer.router.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
+    x, t, y = _inputs()
+    model(x, t, y)
+    assert seen["x"].shape == (3 * 16, 2 * TINY["hidden_size"])
+    with pytest.raises(ValueError, match="decoupled_routing applies to token_choice and expert_choice"):
+        MoEDiT(routing="promoe", decoupled_routing=True, **TINY)
+
+
+def test_promoe_expert_choice_form_and_gate_options_reach_the_prototype_router():
+    torch.manual_seed(0)
+    model = MoEDiT(routing="promoe", prototype_choice="expert", prototype_gate="softmax", **TINY).eval()
+    (_, layer), = moe_layers(model)
+    assert layer.router.choice == "expert" and layer.router.gate == "softmax" and layer.router.tokens_per_sample == 16
+    x, t, _ = _inputs()
+    model(x, t, torch.tensor([1, 10, 3]))  # sample 1 asks for the null class
+    counts = layer.record.last["counts"]
+    assert counts[:4].tolist() == [8, 8, 8, 8]  # 2 conditional images x C = 16 / 4 tokens per expert
+    assert counts[4] == 16  # the unconditional image's tokens

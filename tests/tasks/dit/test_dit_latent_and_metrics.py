@@ -1,0 +1,124 @@
+"""Latent diffusion through a diffusers AutoencoderKL, the Inception FID, and the expert-specialisation tables."""
+
+import json
+from unittest import mock
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from moezoo.cli import main
+from moezoo.errors import MoezooError
+from moezoo.tasks.dit import MoEDiT
+from moezoo.tasks.dit.fid import inception_fid
+from moezoo.tasks.dit.specialisation import expert_load_by_timestep_and_class, normalized_mutual_information
+
+QUIET = ["--trainer.enable_progress_bar", "false"]
+SMALL = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+         "--trainer.limit_test_batches", "1", "--model.init_args.samples_per_class", "2",
+         "--model.init_args.sample_steps", "2", "--model.init_args.timestep_bins", "2"]
+
+
+def tiny_vae(path):
+    """A randomly initialised one-channel AutoencoderKL (16x16 -> 4 x 8x8 latents), saved like a hub download."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=8, sample_size=16, scaling_factor=0.5)
+    vae.save_pretrained(path)
+    return vae
+
+
+def test_latent_dit_trains_on_the_vaes_latents_and_decodes_its_samples(tmp_path):
+    vae = tiny_vae(tmp_path / "vae")
+    run = tmp_path / "run"
+    weights = random_inception_weights(tmp_path / "inception.pth")
+    main(["fit", "--task", "dit/tc-moe", "--model.init_args.vae", str(tmp_path / "vae"),
+          "--model.init_args.inception_weights", str(weights), "--trainer.default_root_dir", str(run), *SMALL,
+          *QUIET])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test/fid_cls"] > 0 and metrics["test/fid_inception"] > 0
+    checkpoint = torch.load(metrics["best_model_path"], weights_only=False)
+    assert not any(k.startswith("vae.") for k in checkpoint["state_dict"]), "the frozen VAE stays out of checkpoints"
+    from moezoo.tasks.dit import DiTTask
+
+    task = DiTTask(routing="token_choice", vae=str(tmp_path / "vae"))
+    task._trainer = mock.Mock(datamodule=mock.Mock(image_size=16, channels=1, num_classes=10))
+    task.configure_model()
+    assert task.model.config.in_channels == 4 and task.model.config.sample_size == 8
+    images = torch.rand(2, 1, 16, 16) * 2 - 1
+    expected = vae.encode(images).latent_dist.mode() * 0.5
+    torch.testing.assert_close(task.vae.encode(images).latent_dist.mode() * 0.5, expected)
+    labels = torch.tensor([1, 2])
+    assert task.sample(labels).shape == (2, 1, 16, 16), "the pipeline decodes latents back to images"
+
+
+def test_a_path_that_is_not_a_vae_is_a_one_line_error(tmp_path):
+    from moezoo.tasks.dit.task import load_vae
+
+    with pytest.raises(MoezooError, match="model.vae: .* is not a diffusers AutoencoderKL folder"):
+        load_vae(str(tmp_path))
+
+
+def random_inception_weights(path):
+    """Weights made here (nothing can be downloaded): a random InceptionV3 in torch-fidelity's state-dict format."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    torch.manual_seed(0)
+    with mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", return_value={}), \
+            mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):
+        extractor = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for module in extractor.modules():  # its own init gives ~0 features everywhere
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight)
+    torch.save(extractor.state_dict(), path)
+    return path
+
+
+def test_inception_fid_uses_the_given_weights_and_is_zero_between_a_set_and_itself(tmp_path):
+    weights = random_inception_weights(tmp_path / "inception.pth")
+    real = torch.rand(6, 1, 16, 16)
+    fake = (real + 0.5 * torch.rand(6, 1, 16, 16)).clamp(0, 1)
+    assert inception_fid(real, real, weights) == pytest.approx(0.0, abs=1e-2)
+    assert inception_fid(real, fake, weights) > 1e-3
+    with pytest.raises(MoezooError, match="model.inception_weights: .*missing.pth is not a file"):
+        from moezoo.tasks.dit import DiTTask
+
+        DiTTask(inception_weights=str(tmp_path / "missing.pth"))
+
+
+def test_normalized_mutual_information_is_one_when_the_row_decides_the_column_and_zero_when_independent():
+    assert normalized_mutual_information(torch.eye(4) * 5) == pytest.approx(1.0)
+    assert normalized_mutual_information(torch.ones(3, 4)) == pytest.approx(0.0, abs=1e-12)
+    joint = torch.tensor([[4.0, 0.0], [1.0, 3.0]])
+    p = joint / joint.sum()
+    px, py = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = (p[nz] * (p[nz] / (px[:, None] * py[None, :])[nz]).log()).sum()
+    h = -(px * px.log()).sum() - (py * py.log()).sum()
+    assert normalized_mutual_information(joint) == pytest.approx(float(2 * mi / h))
+
+
+def test_load_tables_count_every_assignment_by_timestep_bin_and_by_class():
+    torch.manual_seed(0)
+    model = MoEDiT(sample_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=3,
+                   routing="token_choice", num_experts=4, top_k=2)
+    images, labels = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 2, 1])
+    tables = expert_load_by_timestep_and_class(model, images, labels, objective="rectified_flow", bins=3,
+                                               batch_size=2)
+    (table,) = tables.values()
+    assignments = 5 * 16 * 2  # images x tokens x k, per timestep bin
+    assert table["by_timestep"].shape == (3, 4) and (table["by_timestep"].sum(1) == assignments).all()
+    assert table["by_class"].shape == (3, 4)
+    assert table["by_class"].sum(1).tolist() == [3 * 32, 3 * 64, 3 * 64]  # bins x images of the class x 32
+    assert model.training, "the model's mode is restored"
+
+
+def test_size_presets_give_the_dit_s_shape():
+    from moezoo.tasks.dit import DiTTask
+
+    task = DiTTask(routing="promoe", size="S", num_experts=4)
+    task._trainer = mock.Mock(datamodule=mock.Mock(image_size=16, channels=1, num_classes=10))
+    task.configure_model()
+    config = task.model.config
+    assert (config.hidden_size, config.depth, config.num_heads) == (384, 12, 6)
