@@ -10,7 +10,8 @@
 - ``expert_choice``: each expert takes its top C = S * c / E tokens of every image (EC-DiT), hidden mlp_ratio * d / c;
   softmax affinity, gate init std 0.006 (the ProMoE repository's EC baseline). ``decoupled_routing``: the router sees
   [timestep-and-label embedding, un-modulated token] while the experts compute on the modulated token (EC-DiT /
-  diffusers' NucleusMoE); it applies to ``token_choice`` too.
+  diffusers' NucleusMoE); it applies to ``token_choice`` too, as does ``shared_expert`` (an always-on expert of half
+  the dense width, the routed experts halved to keep the active compute).
 - ``promoe``: ProMoE (``moezoo.moe.PrototypeRouter``): tokens of images whose label was dropped (the CFG null class)
   go to an unconditional expert, the others to their nearest prototype (top-1, gate ``prototype_gate``: the raw
   cosine by default, or its softmax / sigmoid); an always-on shared expert; every expert at half the dense width, so
@@ -52,12 +53,15 @@ class MoEDiT(ModelMixin, ConfigMixin):
                  class_dropout_prob: float = 0.1, routing: str = "promoe", num_experts: int = 8, top_k: int = 2,
                  capacity_factor: float = 1.0, moe_every: int = 2, balance_loss_weight: float = 0.01,
                  contrastive_loss_weight: float = 1.0, prototype_gate: str = "identity",
-                 prototype_choice: str = "token", decoupled_routing: bool = False):
+                 prototype_choice: str = "token", decoupled_routing: bool = False, shared_expert: bool = False):
         super().__init__()
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {routing!r}")
         if decoupled_routing and routing not in ("token_choice", "expert_choice"):
             raise ValueError(f"decoupled_routing applies to token_choice and expert_choice routing, not {routing!r}")
+        if shared_expert and routing not in ("token_choice", "expert_choice"):
+            raise ValueError(f"shared_expert applies to token_choice and expert_choice routing, not {routing!r} "
+                             "(promoe always has one)")
         self.patch_embed = PatchEmbed(sample_size, sample_size, patch_size, in_channels, hidden_size,
                                       pos_embed_type="sincos")
         self.num_patches = (sample_size // patch_size) ** 2
@@ -83,14 +87,17 @@ class MoEDiT(ModelMixin, ConfigMixin):
         if not moe_block:
             return DenseMLP(dim, hidden, activation="gelu_tanh")
         router_dim = 2 * dim if c.decoupled_routing else dim  # [condition, un-modulated token]
+        shared = DenseMLP(dim, hidden // 2, activation="gelu_tanh") if c.shared_expert else None
+        routed = hidden // 2 if c.shared_expert else hidden  # the routed experts' share of the active width
         if c.routing == "token_choice":
             router = TopKRouter(router_dim, c.num_experts, k=c.top_k, balance_loss_weight=c.balance_loss_weight)
-            return MoE(dim, router, GroupedMLP(c.num_experts, dim, hidden // c.top_k, activation="gelu_tanh"))
+            experts = GroupedMLP(c.num_experts, dim, routed // c.top_k, activation="gelu_tanh")
+            return MoE(dim, router, experts, shared_experts=shared)
         if c.routing == "expert_choice":
             router = ExpertChoiceRouter(router_dim, c.num_experts, c.capacity_factor,
                                         tokens_per_sample=self.num_patches, gate_init_std=0.006)
-            width = int(hidden / c.capacity_factor)
-            return MoE(dim, router, GroupedMLP(c.num_experts, dim, width, activation="gelu_tanh"))
+            experts = GroupedMLP(c.num_experts, dim, int(routed / c.capacity_factor), activation="gelu_tanh")
+            return MoE(dim, router, experts, shared_experts=shared)
         router = PrototypeRouter(dim, c.num_experts, contrastive_loss_weight=c.contrastive_loss_weight,
                                  gate=c.prototype_gate, choice=c.prototype_choice,
                                  capacity_factor=c.capacity_factor, tokens_per_sample=self.num_patches)

@@ -47,7 +47,7 @@ class DiTTask(TaskModule):
     """Class-conditional MoE DiT on an image data module (``DiffusionImageData``).
 
     The model arguments are ``MoEDiT``'s (``routing``, ``num_experts``, ``capacity_factor``, ``prototype_gate``,
-    ``prototype_choice``, ``decoupled_routing``, ...); ``size`` (S, B, L, XL) sets hidden size, depth and heads to the
+    ``prototype_choice``, ``decoupled_routing``, ``shared_expert``, ...); ``size`` (S, B, L, XL) sets hidden size, depth and heads to the
     DiT / ProMoE sizes instead of ``hidden_size`` / ``depth`` / ``num_heads`` (GPU scale). ``vae``: an AutoencoderKL
     folder for latent diffusion; ``inception_weights``: torch-fidelity's InceptionV3 weights file for the standard
     FID at test; ``timestep_bins``: the bins of the expert-load-by-timestep table.
@@ -63,6 +63,7 @@ class DiTTask(TaskModule):
                  contrastive_loss_weight: float = 1.0,
                  prototype_gate: Literal["identity", "softmax", "sigmoid"] = "identity",
                  prototype_choice: Literal["token", "expert"] = "token", decoupled_routing: bool = False,
+                 shared_expert: bool = False,
                  objective: Literal["rectified_flow", "ddpm"] = "rectified_flow", cfg_scale: float = 1.5,
                  sample_steps: int = 20, samples_per_class: int = 20, lr: float = 3e-4, weight_decay: float = 0.0,
                  warmup_epochs: float = 0.0, vae: str | None = None, inception_weights: str | None = None,
@@ -96,7 +97,8 @@ class DiTTask(TaskModule):
                             capacity_factor=h.capacity_factor, moe_every=h.moe_every,
                             balance_loss_weight=h.balance_loss_weight,
                             contrastive_loss_weight=h.contrastive_loss_weight, prototype_gate=h.prototype_gate,
-                            prototype_choice=h.prototype_choice, decoupled_routing=h.decoupled_routing)
+                            prototype_choice=h.prototype_choice, decoupled_routing=h.decoupled_routing,
+                            shared_expert=h.shared_expert)
         self.train_scheduler = DDPMScheduler(num_train_timesteps=1000)
 
     def scheduler(self):

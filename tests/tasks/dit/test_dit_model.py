@@ -102,3 +102,16 @@ def test_promoe_expert_choice_form_and_gate_options_reach_the_prototype_router()
     counts = layer.record.last["counts"]
     assert counts[:4].tolist() == [8, 8, 8, 8]  # 2 conditional images x C = 16 / 4 tokens per expert
     assert counts[4] == 16  # the unconditional image's tokens
+
+
+@pytest.mark.parametrize("routing", ["token_choice", "expert_choice"])
+def test_a_shared_expert_halves_the_routed_width_so_the_active_compute_stays_equal(routing):
+    plain = dict(moe_layers(MoEDiT(routing=routing, **TINY)))
+    shared = dict(moe_layers(MoEDiT(routing=routing, shared_expert=True, **TINY)))
+    (a,), (b,) = plain.values(), shared.values()
+    assert a.shared_experts is None and b.shared_experts is not None
+    dense_hidden = 4 * TINY["hidden_size"]
+    assert b.shared_experts.fc1.out_features == dense_hidden // 2
+    assert b.experts.w1.shape[-1] * 2 == a.experts.w1.shape[-1]
+    with pytest.raises(ValueError, match="shared_expert applies to token_choice and expert_choice"):
+        MoEDiT(routing="promoe", shared_expert=True, **TINY)
