@@ -94,9 +94,13 @@ def test_test_and_validate_on_the_fitted_checkpoint_reproduce_fits_numbers(tmp_p
     tested = _run(tmp_path / "test", "test", "--task", "image-classification", *FAST, "--ckpt_path", best)
     assert tested["test/acc"] == pytest.approx(fit["test/acc"], abs=1e-6)
     assert "val/acc" not in tested
-    validated = _run(tmp_path / "validate", "validate", "--task", "image-classification", *FAST, "--ckpt_path", best)
+    validated = _run(tmp_path / "validate", "validate", "--task", "image-classification", *FAST, "--ckpt_path", best,
+                     "--model.init_args.lr", "0.0123")
     assert validated["val/acc"] == pytest.approx(fit["best_model_score"], abs=1e-6)
     assert "test/acc" not in validated
+    # the checkpoint's hyperparameters replace the task config's, but a --model flag typed here still wins
+    hparams = (tmp_path / "validate" / "lightning_logs" / "version_0" / "hparams.yaml").read_text()
+    assert "lr: 0.0123" in hparams and "embed_dim: 32" in hparams
 
 
 def test_seed_everything_makes_a_run_reproducible(tmp_path):

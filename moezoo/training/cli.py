@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -22,9 +23,13 @@ class MoezooCLI(LightningCLI):
     - for ``predict``, ``predictions.pt`` (and ``predictions.csv`` for one label per sample).
 
     ``fit`` ends by testing the best checkpoint when the datamodule has a test split.
+
+    With ``--ckpt_path``, Lightning takes the model's arguments from the checkpoint (so the architecture matches it);
+    ``--model.*`` flags typed on the command line still win over them (e.g. ``moezoo test ... --model.cfg_scale 1``).
     """
 
     def __init__(self, args: list[str]):
+        self._args = list(args)
         super().__init__(
             TaskModule,
             L.LightningDataModule,
@@ -34,6 +39,32 @@ class MoezooCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             args=args,
         )
+
+    def _model_flags(self) -> dict:
+        """The ``--model.*`` flags of the command line as a nested dict of YAML-typed values under ``init_args``."""
+        flags, args = {}, self._args
+        for i, arg in enumerate(args):
+            if not arg.startswith("--model."):
+                continue
+            key, value = arg.split("=", 1) if "=" in arg else (arg, args[i + 1] if i + 1 < len(args) else "true")
+            path = key[len("--model."):].split(".")
+            if path[0] not in ("init_args", "class_path", "dict_kwargs"):
+                path = ["init_args", *path]
+            node = flags
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = yaml.safe_load(value)
+        return flags
+
+    def _parse_ckpt_path(self) -> None:
+        super()._parse_ckpt_path()
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        flags = self._model_flags()
+        if flags and ckpt_path and Path(ckpt_path).is_file():  # only then did Lightning replace the model's args
+            model = self.config[subcommand].model
+            flags.setdefault("class_path", model.class_path)  # the flags refine the model chosen so far
+            self.config = self.parser.parse_object({subcommand: {"model": flags}}, self.config)
 
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
