@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -50,6 +51,9 @@ def summarise(cells: list[dict]) -> dict:
     summary = {}
     for key in COLUMNS.values():
         values = [c[key] for c in cells]
+        if any(math.isnan(v) for v in values):  # e.g. the NMIs of the dense model, which has no router
+            summary[key] = {"mean": math.nan, "std": math.nan}
+            continue
         summary[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
     return summary
 
