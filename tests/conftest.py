@@ -14,8 +14,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest
-
 
 @pytest.fixture(scope="session")
 def _moezoo_cache(tmp_path_factory):

@@ -39,7 +39,8 @@ def load_vae(path: str) -> AutoencoderKL:
     try:
         vae = AutoencoderKL.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise MoezooError(f"model.vae: {path} is not a diffusers AutoencoderKL folder ({str(error).splitlines()[0]})")
+        reason = str(error).splitlines()[0]
+        raise MoezooError(f"model.vae: {path} is not a diffusers AutoencoderKL folder ({reason})") from None
     return vae.eval().requires_grad_(False)
 
 
@@ -47,10 +48,10 @@ class DiTTask(TaskModule):
     """Class-conditional MoE DiT on an image data module (``DiffusionImageData``).
 
     The model arguments are ``MoEDiT``'s (``routing``, ``num_experts``, ``capacity_factor``, ``prototype_gate``,
-    ``prototype_choice``, ``decoupled_routing``, ``shared_expert``, ...); ``size`` (S, B, L, XL) sets hidden size, depth and heads to the
-    DiT / ProMoE sizes instead of ``hidden_size`` / ``depth`` / ``num_heads`` (GPU scale). ``vae``: an AutoencoderKL
-    folder for latent diffusion; ``inception_weights``: torch-fidelity's InceptionV3 weights file for the standard
-    FID at test; ``timestep_bins``: the bins of the expert-load-by-timestep table.
+    ``prototype_choice``, ``decoupled_routing``, ``shared_expert``, ...); ``size`` (S, B, L, XL) sets hidden size,
+    depth and heads to the DiT / ProMoE sizes instead of ``hidden_size`` / ``depth`` / ``num_heads`` (GPU scale).
+    ``vae``: an AutoencoderKL folder for latent diffusion; ``inception_weights``: torch-fidelity's InceptionV3 weights
+    file for the standard FID at test; ``timestep_bins``: the bins of the expert-load-by-timestep table.
     """
 
     monitor = "val/loss"
