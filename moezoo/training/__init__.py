@@ -1,6 +1,6 @@
 """Training: the TaskModule base and the callbacks every run gets."""
 
-from .callbacks import ExpertLoadHeatmap, MetricsJson, PredictionWriter, plot_expert_load
+from .callbacks import ExpertLoadHeatmap, MetricsJson, PredictionWriter, plot_expert_load, pyplot
 from .task import TaskModule
 
-__all__ = ["ExpertLoadHeatmap", "MetricsJson", "PredictionWriter", "TaskModule", "plot_expert_load"]
+__all__ = ["ExpertLoadHeatmap", "MetricsJson", "PredictionWriter", "TaskModule", "plot_expert_load", "pyplot"]

@@ -15,7 +15,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from moezoo.moe import take_expert_load
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (runs write PNGs; no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +27,7 @@ def _plt():
 
 def plot_expert_load(loads: dict[str, torch.Tensor], path: Path, title: str) -> None:
     """Heatmap of the fraction of assignments each expert (column) of each MoE layer (row) received."""
-    plt = _plt()
+    plt = pyplot()
     names = list(loads)
     width = max(t.numel() for t in loads.values())
     table = torch.full((len(names), width), float("nan"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from moezoo.moe import moe_layers
+from moezoo.training import pyplot
 
 
 def normalized_mutual_information(joint: torch.Tensor) -> float:
@@ -88,9 +89,7 @@ def expert_load_by_timestep_and_class(model, images: torch.Tensor, labels: torch
 def plot_load_by(tables: dict[str, dict[str, torch.Tensor]], key: str, path, ylabel: str, row_labels) -> None:
     """One heatmap per MoE layer (side by side): rows = ``row_labels`` (timestep bins or classes), columns = experts,
     each row the fraction of that row's assignments per expert."""
-    from moezoo.training.callbacks import _plt
-
-    plt = _plt()
+    plt = pyplot()
     names = list(tables)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1, 0.3 * len(row_labels) + 2), squeeze=False)
     for ax, name in zip(axes[0], names):
