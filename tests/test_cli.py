@@ -85,6 +85,18 @@ def test_fit_writes_checkpoints_heatmap_and_metrics_then_tests_the_best_checkpoi
     assert png[:8] == PNG_MAGIC and len(png) > 2000
     assert any(key.startswith("moe/net.blocks.1.mlp.moe/load_e") for key in metrics)
     assert (tmp_path / "lightning_logs").is_dir()
+    # the core's load by label: the test images' classes over the experts of every MoE layer
+    layer = "test/routing/net.blocks.1.mlp.moe"
+    by_class = [[metrics[f"{layer}/class={c}/e{e}"] for e in range(4)] for c in range(10)]
+    assert all(sum(row) == pytest.approx(1.0) for row in by_class)
+    assert 0 <= metrics["test/routing/class_nmi"] == metrics[f"{layer}/class_nmi"] <= 1
+    saved = json.loads((tmp_path / "routing_by_label.json").read_text())["net.blocks.1.mlp.moe"]
+    assert saved["class"]["nmi"] == pytest.approx(metrics["test/routing/class_nmi"])
+    assert (tmp_path / "expert_load" / "test_by_class.png").read_bytes()[:8] == PNG_MAGIC
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "lightning_logs").glob("version_*")))).Reload()
+    assert "val/routing/class_nmi" in events.Tags()["scalars"], "logged to TensorBoard each validation epoch"
 
 
 def test_test_and_validate_on_the_fitted_checkpoint_reproduce_fits_numbers(tmp_path):

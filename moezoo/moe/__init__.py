@@ -6,9 +6,20 @@ from .layer import MoE
 from .losses import global_batch_load_balancing_loss, router_z_loss, switch_load_balancing_loss
 from .mixture import GatedMixture
 from .prototype import PrototypeRouter, routing_contrastive_loss
+from .record import RoutingRecord, in_backward
 from .routers import ExpertChoiceRouter, Router, SoftRouter, TopKRouter, TopPRouter
 from .routing import Routing
-from .stats import after_optimizer_step, aux_loss, aux_loss_terms, moe_layers, routing_stats, take_expert_load
+from .stats import (
+    after_optimizer_step,
+    aux_loss,
+    aux_loss_terms,
+    load_by_label,
+    moe_layers,
+    normalized_mutual_information,
+    routing_labels,
+    routing_stats,
+    take_expert_load,
+)
 
 __all__ = [
     "DenseMLP",
@@ -21,6 +32,7 @@ __all__ = [
     "PrototypeRouter",
     "Router",
     "Routing",
+    "RoutingRecord",
     "SoftRouter",
     "TopKRouter",
     "TopPRouter",
@@ -28,9 +40,13 @@ __all__ = [
     "aux_loss",
     "aux_loss_terms",
     "global_batch_load_balancing_loss",
+    "in_backward",
+    "load_by_label",
     "moe_layers",
+    "normalized_mutual_information",
     "router_z_loss",
     "routing_contrastive_loss",
+    "routing_labels",
     "routing_stats",
     "switch_load_balancing_loss",
     "take_expert_load",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .stats import RoutingRecord, in_backward
+from .record import RoutingRecord
 
 
 class MoE(nn.Module):
@@ -39,6 +39,5 @@ class MoE(nn.Module):
         y = self.experts(tokens, routing)
         if self.shared_experts is not None:
             y = y + self.shared_experts(tokens)
-        if not in_backward():
-            self.record.add(routing, training=self.training)
+        self.record.add(routing, training=self.training)
         return y.reshape(*lead, y.shape[-1])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .record import RoutingRecord
 from .routers import Router
-from .stats import RoutingRecord, in_backward
 
 
 class GatedMixture(nn.Module):
@@ -28,8 +28,7 @@ class GatedMixture(nn.Module):
     def forward(self, gate_input: torch.Tensor, expert_outputs: torch.Tensor, *,
                 group: torch.Tensor | None = None) -> torch.Tensor:
         routing = self.router(gate_input, group=group)
-        if not in_backward():
-            self.record.add(routing, training=self.training)
+        self.record.add(routing, training=self.training)
         if routing.soft:  # dense weights: one batched contraction
             return torch.einsum("be,ebh->bh", routing.combine_weights().to(expert_outputs.dtype), expert_outputs)
         weight = routing.weight.to(expert_outputs.dtype).unsqueeze(-1)

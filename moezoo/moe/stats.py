@@ -1,42 +1,15 @@
-"""What MoE layers record per forward (aux losses, routing statistics), and the functions that collect it."""
+"""The functions that collect what routing modules record: aux losses, routing statistics, load by label."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
+from .record import TOTAL, RoutingRecord
 from .routers import Router
-from .routing import Routing
-
-
-def in_backward() -> bool:
-    """True while autograd runs a backward pass, e.g. when activation checkpointing recomputes a forward."""
-    return torch._C._current_graph_task_id() != -1
-
-
-class RoutingRecord:
-    """Per-layer record: aux losses waiting to be collected, statistics of the last forward, load since reset."""
-
-    def __init__(self):
-        self.losses: list[dict[str, torch.Tensor]] = []
-        self.last: dict[str, torch.Tensor] = {}
-        self.load_total: torch.Tensor | None = None
-
-    def add(self, routing: Routing, training: bool) -> None:
-        """Keep the statistics of this forward; in training also its aux losses and its load (for the heatmap)."""
-        if training and routing.aux_losses:
-            self.losses.append(routing.aux_losses)
-        with torch.no_grad():
-            counts = routing.expert_load()
-            probs = routing.probs.float()
-            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
-            dropped = routing.dropped.sum() if routing.dropped is not None else counts.new_zeros(())
-            self.last = {"counts": counts, "entropy": entropy, "dropped": dropped.float()}
-            group_load = routing.group_load()
-            if group_load is not None:
-                self.last["group_counts"] = group_load
-            if training:
-                self.load_total = counts if self.load_total is None else self.load_total + counts
 
 
 def moe_layers(model: nn.Module):
@@ -101,3 +74,64 @@ def after_optimizer_step(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, Router):
             module.after_optimizer_step()
+
+
+@contextmanager
+def routing_labels(model: nn.Module, labels: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
+    """Attach ``labels`` (name -> ids per sample [B] or per token) to the forwards run inside this block: every
+    routing module of ``model`` counts its load by each label's values (read with ``load_by_label``). Nested blocks
+    add their labels to the outer ones; on exit the previous labels are restored, so nothing outlives the block."""
+    if not labels:
+        yield
+        return
+    records = [layer.record for _, layer in moe_layers(model)]
+    previous = [record.labels for record in records]
+    for record, before in zip(records, previous):
+        record.labels = {**(before or {}), **labels}
+    try:
+        yield
+    finally:
+        for record, before in zip(records, previous):
+            record.labels = before
+
+
+def normalized_mutual_information(counts: torch.Tensor) -> float:
+    """NMI(L; E) = I(L; E) / mean(H(L), H(E)) of a [V, E] table of (label value, expert) counts or gate mass:
+    0 when the expert ignores the label, 1 when the label decides the expert (0 when either marginal is constant).
+
+    The mutual information is scikit-learn's ``mutual_info_score`` on the contingency table (soft gate mass is
+    scaled to integer milli-units first: scikit-learn reads integer tables, and the NMI is scale-free)."""
+    from scipy.stats import entropy
+    from sklearn.metrics import mutual_info_score
+
+    table = counts.detach().double().cpu()
+    if table.sum() <= 0:
+        return 0.0
+    if not torch.equal(table, table.round()):
+        table = (table / table.sum() * 1e6).round()
+    table = table.to(torch.int64).numpy()
+    h_label, h_expert = entropy(table.sum(1)), entropy(table.sum(0))
+    if h_label <= 0 or h_expert <= 0:
+        return 0.0
+    return float(mutual_info_score(None, None, contingency=table) / ((h_label + h_expert) / 2))
+
+
+def load_by_label(model: nn.Module, reset: bool = True) -> dict[str, dict[str, dict]]:
+    """Per routing module, per label counted since the last reset (``routing_labels``): ``counts`` [V, E] (label
+    value x expert: assignments, or gate mass for soft mixtures), ``load`` (each row over experts, summing to 1; 0 for
+    a value never seen) and ``nmi`` (``normalized_mutual_information``); and under ``"*"`` the load of every counted
+    assignment ([1, E], no NMI). ``reset`` starts the next tally."""
+    result = {}
+    for name, layer in moe_layers(model):
+        tables = layer.record.by_label
+        if reset:
+            layer.record.by_label = {}
+        if not tables:
+            continue
+        result[name] = {}
+        for label, counts in tables.items():
+            entry = {"counts": counts, "load": counts / counts.sum(-1, keepdim=True).clamp_min(1e-12)}
+            if label != TOTAL:
+                entry["nmi"] = normalized_mutual_information(counts)
+            result[name][label] = entry
+    return result

@@ -52,6 +52,28 @@ def plot_expert_load(loads: dict[str, torch.Tensor], path: Path, title: str) -> 
     plt.close(fig)
 
 
+def plot_load_by_label(tables: dict[str, dict], path: Path, label: str, row_labels: list[str]) -> None:
+    """One heatmap per routing module (side by side): rows = the values of ``label``, columns = experts, each row the
+    fraction of that value's load per expert; the module's label-expert NMI in its title. ``tables`` maps a module
+    name to its ``load_by_label`` entry for the label (``counts`` [V, E], ``nmi``)."""
+    plt = pyplot()
+    names = list(tables)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1, 0.3 * len(row_labels) + 2), squeeze=False)
+    image = None
+    for ax, name in zip(axes[0], names):
+        counts = tables[name]["counts"].float().cpu()
+        share = counts / counts.sum(1, keepdim=True).clamp_min(1e-12)
+        image = ax.imshow(share.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_title(f"{name}\nNMI {tables[name]['nmi']:.3f}", fontsize=8)
+        ax.set_xlabel("expert")
+        ax.set_yticks(range(counts.shape[0]), labels=row_labels[: counts.shape[0]], fontsize=6)
+    axes[0][0].set_ylabel(label)
+    fig.colorbar(image, ax=axes[0].tolist(), label="fraction of the value's load")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 class ExpertLoadHeatmap(L.Callback):
     """Writes ``<run dir>/expert_load/epoch_NNN.png``: training load per expert per MoE layer over the epoch."""
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+from contextlib import nullcontext
+from pathlib import Path
 
 import lightning as L
 import torch
 
-from moezoo.moe import after_optimizer_step, aux_loss_terms, routing_stats
+from moezoo.moe import after_optimizer_step, aux_loss_terms, load_by_label, routing_labels, routing_stats
+
+from .callbacks import plot_load_by_label
 
 
 class TaskModule(L.LightningModule):
@@ -19,12 +24,22 @@ class TaskModule(L.LightningModule):
     (``moe/<layer>/{imbalance,entropy,dropped,load_e<i>}``). After every optimizer step the routers update their
     balancing state (aux-loss-free bias, global-batch counts).
 
+    Routing by label: ``routing_labels(batch, stage)`` may return labels of the batch's samples (name -> ids, e.g.
+    ``{"class": y}``); during validation and test every routing module then counts its load per label value, and
+    each epoch logs, per routing module and label, the label-expert NMI (``<stage>/routing/<layer>/<label>_nmi``,
+    mean over modules ``<stage>/routing/<label>_nmi``) and the load of each value
+    (``<stage>/routing/<layer>/<label>=<value>/e<i>``), plus the module's load over the stage
+    (``<stage>/routing/<layer>/load_e<i>``). Test also writes ``expert_load/test_by_<label>.png`` and
+    ``routing_by_label.json``. ``routing_label_names`` names the values (``{"domain": ["tv", "web"]}``).
+    A subclass that overrides ``on_validation_epoch_end`` / ``on_test_epoch_end`` calls ``super()`` in it.
+
     Optimisation: AdamW(lr, weight_decay) with linear warmup over ``warmup_epochs`` and cosine decay to 0 over the
     run; LightningCLI's ``--optimizer`` / ``--lr_scheduler`` replace it.
     """
 
     monitor: str = "val/loss"
     monitor_mode: str = "min"
+    routing_label_names: dict[str, list[str]] = {}
 
     def __init__(self, lr: float = 1e-3, weight_decay: float = 0.05, warmup_epochs: float = 0.0,
                  cosine: bool = True):
@@ -33,6 +48,15 @@ class TaskModule(L.LightningModule):
 
     def task_step(self, batch, stage: str) -> torch.Tensor:
         raise NotImplementedError
+
+    def routing_labels(self, batch, stage: str) -> dict[str, torch.Tensor] | None:
+        """Labels of the batch's samples (or tokens) to count the routing by, in validation and test; None: none."""
+        return None
+
+    def _labelled_step(self, batch, stage: str) -> torch.Tensor:
+        labels = self.routing_labels(batch, stage)
+        with routing_labels(self, labels) if labels else nullcontext():
+            return self.task_step(batch, stage)
 
     def training_step(self, batch, batch_idx):
         task_loss = self.task_step(batch, "train")
@@ -48,10 +72,64 @@ class TaskModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        return self.task_step(batch, "val")
+        return self._labelled_step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        return self.task_step(batch, "test")
+        return self._labelled_step(batch, "test")
+
+    def on_validation_epoch_start(self):
+        load_by_label(self, reset=True)  # start the stage's tally
+
+    def on_test_epoch_start(self):
+        load_by_label(self, reset=True)
+
+    def on_validation_epoch_end(self):
+        self.log_routing_by_label("val")
+
+    def on_test_epoch_end(self):
+        self.log_routing_by_label("test")
+
+    def log_routing_by_label(self, stage: str) -> dict[str, float]:
+        """Log (and return) the load by label counted since the stage began; at test also plot and save it."""
+        tables = load_by_label(self, reset=True)
+        if not tables:
+            return {}
+        values, nmis = {}, {}
+        for layer, labels in tables.items():
+            for label, entry in labels.items():
+                load = entry["load"]
+                if "nmi" not in entry:  # the total: one row
+                    values.update({f"{stage}/routing/{layer}/load_e{e}": v for e, v in enumerate(load[0].tolist())})
+                    continue
+                nmis.setdefault(label, []).append(entry["nmi"])
+                values[f"{stage}/routing/{layer}/{label}_nmi"] = entry["nmi"]
+                names = self._label_value_names(label, load.shape[0])
+                for value, row, seen in zip(names, load.tolist(), entry["counts"].sum(-1).tolist()):
+                    if seen > 0:
+                        values.update({f"{stage}/routing/{layer}/{label}={value}/e{e}": v for e, v in enumerate(row)})
+        values.update({f"{stage}/routing/{label}_nmi": sum(v) / len(v) for label, v in nmis.items()})
+        if self._trainer is not None:
+            self.log_dict(values)
+            if stage == "test" and self.trainer.is_global_zero:
+                self._save_routing_by_label(tables)
+        return values
+
+    def _label_value_names(self, label: str, count: int) -> list[str]:
+        names = list(self.routing_label_names.get(label, []))
+        return names[:count] + [str(v) for v in range(len(names), count)]
+
+    def _save_routing_by_label(self, tables) -> None:
+        run = Path(self.trainer.default_root_dir)
+        labels = sorted({label for entries in tables.values() for label in entries if "nmi" in entries[label]})
+        for label in labels:
+            per_layer = {layer: entries[label] for layer, entries in tables.items() if label in entries}
+            rows = max(e["counts"].shape[0] for e in per_layer.values())
+            plot_load_by_label(per_layer, run / "expert_load" / f"test_by_{label}.png", label,
+                               self._label_value_names(label, rows))
+        summary = {layer: {label: {"nmi": entry.get("nmi"), "counts": entry["counts"].tolist()}
+                           for label, entry in entries.items()} for layer, entries in tables.items()}
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "routing_by_label.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)

@@ -29,8 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from moezoo.kernels import grouped_mm, sort_by_expert
-from moezoo.moe import Routing
-from moezoo.moe.stats import RoutingRecord, in_backward
+from moezoo.moe import Routing, RoutingRecord, in_backward
 
 from .model import CTRTask
 
@@ -74,12 +73,11 @@ class DistributionAdaptation(nn.Module):
         else:
             weights = torch.softmax(u @ self.centres.t() / self.temperature, dim=-1)
         cluster = weights.argmax(-1)
-        if not in_backward():
-            batch = v.shape[0]
-            self.record.add(Routing(token_index=torch.arange(batch, device=v.device), expert_index=cluster,
-                                    weight=torch.ones(batch, device=v.device), num_tokens=batch,
-                                    num_experts=self.num_clusters, probs=weights, logits=weights.log(),
-                                    group=group), training=self.training)
+        batch = v.shape[0]
+        self.record.add(Routing(token_index=torch.arange(batch, device=v.device), expert_index=cluster,
+                                weight=torch.ones(batch, device=v.device), num_tokens=batch,
+                                num_experts=self.num_clusters, probs=weights, logits=weights.log(),
+                                group=group), training=self.training)
         return cluster
 
 

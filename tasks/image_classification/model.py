@@ -63,6 +63,10 @@ class ImageClassifier(TaskModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def routing_labels(self, batch, stage):
+        """Count each MoE layer's load by the class of the image its patch tokens come from."""
+        return {"class": batch[1]}
+
     def task_step(self, batch, stage: str) -> torch.Tensor:
         images, labels = batch
         logits = self(images)

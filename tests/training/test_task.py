@@ -41,3 +41,42 @@ def test_optimizer_step_updates_the_routers_balancing_bias():
     after_optimizer_step(task)
     assert task.moe.router.expert_bias.abs().sum() > 0
     assert task.moe.router.step_counts.sum() == 0
+
+
+class LabelledRegressor(Regressor):
+    routing_label_names = {"class": ["cat", "dog"]}
+
+    def routing_labels(self, batch, stage):
+        return {"class": batch[2]}
+
+    def task_step(self, batch, stage):
+        return F.mse_loss(self.moe(batch[0]), batch[1])
+
+
+def test_validation_counts_the_routing_by_the_labels_the_task_gives_and_reports_nmi_and_load():
+    torch.manual_seed(0)
+    task = LabelledRegressor().eval()
+    task.on_validation_epoch_start()
+    x = torch.randn(12, 6)
+    label = (x[:, 0] > 0).long()
+    task.validation_step((x, torch.randn(12, 6), label), 0)
+    values = task.log_routing_by_label("val")
+    routing = task.moe.router(x)
+    dog = label[routing.token_index] == 1
+    dog_load = torch.bincount(routing.expert_index[dog], minlength=4).float()
+    reported = torch.tensor([values[f"val/routing/moe/class=dog/e{e}"] for e in range(4)])
+    assert torch.allclose(reported, dog_load / dog_load.sum())
+    table = torch.stack([torch.bincount(routing.expert_index[label[routing.token_index] == c], minlength=4)
+                         for c in (0, 1)]).float()
+    from moezoo.moe import normalized_mutual_information
+
+    assert values["val/routing/class_nmi"] == pytest.approx(normalized_mutual_information(table))
+    assert values["val/routing/moe/class_nmi"] == values["val/routing/class_nmi"]
+    assert sum(values[f"val/routing/moe/load_e{e}"] for e in range(4)) == pytest.approx(1.0)
+    assert task.log_routing_by_label("val") == {}, "the tally restarts"
+
+
+def test_training_steps_count_nothing_by_label():
+    task = LabelledRegressor().train()
+    task.training_step((torch.randn(8, 6), torch.randn(8, 6), torch.zeros(8, dtype=torch.long)), 0)
+    assert task.moe.record.by_label == {}

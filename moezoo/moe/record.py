@@ -1,0 +1,95 @@
+"""RoutingRecord: what a module that routes keeps of its forwards (aux losses, statistics, load by label).
+
+Every module that routes (the MoE layer, ``GatedMixture``, a family's own gate such as Mowst's confidence or
+AdaptDHM's clusters) owns one as ``self.record`` and calls ``self.record.add(routing, training=self.training)`` once
+per forward; ``moezoo.moe.aux_loss`` / ``routing_stats`` / ``load_by_label`` find it on the model.
+
+Labels: a task may attach labels to the samples (or tokens) of a forward with ``routing_labels(model, {name: ids})``
+(``moezoo.moe.stats``; ``TaskModule`` does it from the batch). While they are attached, ``add`` counts the load of
+each expert per label value into ``[V, E]`` tables. Labels never restrict experts (that is ``group``). A label of
+shape [B] (one id per sample) is spread over the sample's tokens when the forward's T tokens are B consecutive
+samples of T / B tokens (sample-major, as every backbone here lays them out); ids < 0 are not counted (e.g. nodes
+outside the stage's split); a label that cannot be laid onto a forward's tokens is skipped for that forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .routing import Routing
+
+TOTAL = "*"  # the label table of every counted assignment, whatever its labels: one row, the load over the stage
+
+
+def in_backward() -> bool:
+    """True while autograd runs a backward pass, e.g. when activation checkpointing recomputes a forward."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def token_labels(label: torch.Tensor, num_tokens: int) -> torch.Tensor | None:
+    """The label id of each of ``num_tokens`` tokens: the label itself if it has one id per token, each sample's
+    id repeated over its T / B consecutive tokens if it has one id per sample, else None."""
+    label = label.reshape(-1)
+    if label.numel() == num_tokens:
+        return label
+    if label.numel() and num_tokens % label.numel() == 0:
+        return label.repeat_interleave(num_tokens // label.numel())
+    return None
+
+
+class RoutingRecord:
+    """Per routing module: aux losses waiting to be collected, statistics of the last forward, training load since
+    the last ``take_expert_load``, and the load by label value since the last ``load_by_label(reset=True)``."""
+
+    def __init__(self):
+        self.losses: list[dict[str, torch.Tensor]] = []
+        self.last: dict[str, torch.Tensor] = {}
+        self.load_total: torch.Tensor | None = None
+        self.labels: dict[str, torch.Tensor] | None = None  # attached by routing_labels() for the forwards inside it
+        self.by_label: dict[str, torch.Tensor] = {}  # label name -> [V, E] float load (counts, or soft gate mass)
+
+    def add(self, routing: Routing, training: bool, labels: dict[str, torch.Tensor] | None = None) -> None:
+        """Record one forward's routing: its statistics; in training also its aux losses and load. ``labels``
+        (name -> ids) count its load by label instead of the attached ones. A recomputation during backward
+        (activation checkpointing) records nothing, so no forward counts twice."""
+        if in_backward():
+            return
+        if training and routing.aux_losses:
+            self.losses.append(routing.aux_losses)
+        with torch.no_grad():
+            counts = routing.expert_load()
+            probs = routing.probs.float()
+            entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+            dropped = routing.dropped.sum() if routing.dropped is not None else counts.new_zeros(())
+            self.last = {"counts": counts, "entropy": entropy, "dropped": dropped.float()}
+            group_load = routing.group_load()
+            if group_load is not None:
+                self.last["group_counts"] = group_load
+            if training:
+                self.load_total = counts if self.load_total is None else self.load_total + counts
+            labels = self.labels if labels is None else labels
+            if labels:
+                self._count_by_label(routing, labels)
+
+    def _count_by_label(self, routing: Routing, labels: dict[str, torch.Tensor]) -> None:
+        mass = routing.weight.detach().float() if routing.soft else torch.ones_like(routing.weight, dtype=torch.float)
+        counted = torch.ones_like(mass, dtype=torch.bool)
+        for name, label in labels.items():
+            ids = token_labels(label.to(routing.token_index.device), routing.num_tokens)
+            if ids is None:
+                continue
+            ids = ids.long()[routing.token_index]
+            keep = ids >= 0
+            counted &= keep
+            self._accumulate(name, ids[keep], routing.expert_index[keep], mass[keep], routing.num_experts)
+        self._accumulate(TOTAL, torch.zeros_like(routing.expert_index[counted]), routing.expert_index[counted],
+                         mass[counted], routing.num_experts)
+
+    def _accumulate(self, name, ids, experts, mass, num_experts) -> None:
+        rows = int(ids.max()) + 1 if ids.numel() else 1
+        table = self.by_label.get(name)
+        if table is None:
+            table = mass.new_zeros(rows, num_experts)
+        elif table.shape[0] < rows:  # a label value not seen before: grow the table
+            table = torch.cat([table, table.new_zeros(rows - table.shape[0], num_experts)])
+        self.by_label[name] = table.index_put_((ids, experts), mass, accumulate=True)
