@@ -42,8 +42,8 @@ def run_cell(variant: str, seed: int, epochs: int, root: str | None, out: Path) 
         "seed": seed, "fid_cls_cfg1.5": fit["test/fid_cls"], "sample_acc_cfg1.5": fit["test/sample_acc"],
         "fid_cls_cfg1.0": cfg1["test/fid_cls"], "sample_acc_cfg1.0": cfg1["test/sample_acc"],
         "test_loss": fit["test/loss"], "train_seconds_per_step": fit["train_seconds_per_step"],
-        "steps": fit["global_step"], "class_expert_nmi": fit.get("test/class_expert_nmi", float("nan")),
-        "timestep_expert_nmi": fit.get("test/timestep_expert_nmi", float("nan")),
+        "steps": fit["global_step"], "class_expert_nmi": fit.get("test/routing/class_nmi", float("nan")),
+        "timestep_expert_nmi": fit.get("test/routing/timestep_nmi", float("nan")),
     }
 
 

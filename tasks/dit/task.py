@@ -5,10 +5,10 @@ aux losses (TaskModule). Validation: the same loss at fixed noise (seeded) so ep
 writes ``samples/epoch_NNN.png`` (one row per class, ``cfg_scale``). Test (``moezoo test``): ``test/fid_cls`` between
 ``samples_per_class`` generated images per class and the test split, and ``test/sample_acc`` (the classifier's
 accuracy on the generated images, against the class they were asked for); see ``fid.py``. With
-``inception_weights`` also ``test/fid_inception`` (the standard Inception FID, torchmetrics). Test also writes the
-expert load by timestep and by class (``expert_load/test_by_{timestep,class}.png``, ``routing_by.json``) and logs
-their normalised mutual information with the expert choice (``test/class_expert_nmi``, ``test/timestep_expert_nmi``;
-``specialisation.py``).
+``inception_weights`` also ``test/fid_inception`` (the standard Inception FID, torchmetrics). Validation counts the routing by
+class; test routes the test images at fixed timesteps (``specialisation.py``) and the core reports the expert load by
+timestep and by class (``expert_load/test_by_{timestep,class}.png``, ``routing_by_label.json``) and their normalised
+mutual information with the expert choice (``test/routing/class_nmi``, ``test/routing/timestep_nmi``).
 
 Latent space: ``vae`` names a diffusers ``AutoencoderKL`` folder (``save_pretrained`` layout, local or a hub id in the
 cache); the model then trains on its latents (``latent_dist.sample() * scaling_factor``) and samples are decoded.
@@ -16,7 +16,6 @@ cache); the model then trains on its latents (``latent_dist.sample() * scaling_f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -27,11 +26,11 @@ from torchvision.utils import save_image
 from moezoo.errors import MoezooError
 from moezoo.training import TaskModule
 
-from .fid import frechet_distance, inception_fid, load_or_train_classifier
+from .fid import fid_cls, inception_fid, load_or_train_classifier
 from .model import SIZES, MoEDiT
 from .objectives import ddpm_loss, rectified_flow_loss
 from .pipeline import MoEDiTPipeline
-from .specialisation import expert_load_by_timestep_and_class, normalized_mutual_information, plot_load_by
+from .specialisation import route_over_timesteps, timestep_bin_names
 
 
 def load_vae(path: str) -> AutoencoderKL:
@@ -74,6 +73,7 @@ class DiTTask(TaskModule):
             raise MoezooError(f"model.inception_weights: {inception_weights} is not a file (torch-fidelity's "
                               "weights-inception-2015-12-05-6726825d.pth)")
         self.save_hyperparameters()
+        self.routing_label_names = {"timestep": timestep_bin_names(timestep_bins)}
         self.model: MoEDiT | None = None
         self.vae: AutoencoderKL | None = None
 
@@ -124,6 +124,10 @@ class DiTTask(TaskModule):
             latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample(generator)
         return latents * self.vae.config.scaling_factor
 
+    def routing_labels(self, batch, stage):
+        # at test the routing is counted over fixed timesteps instead (on_test_epoch_end), not on the random ones
+        return {"class": batch[1]} if stage == "val" else None
+
     def task_step(self, batch, stage):
         images, labels = batch
         generator = None
@@ -154,6 +158,7 @@ class DiTTask(TaskModule):
         return images
 
     def on_validation_epoch_end(self):
+        super().on_validation_epoch_end()
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         classes = self.model.config.num_classes
@@ -164,6 +169,7 @@ class DiTTask(TaskModule):
         save_image(grid, path, nrow=4)
 
     def on_test_epoch_start(self):
+        super().on_test_epoch_start()
         self._test_images, self._test_labels = [], []
 
     def on_test_epoch_end(self):
@@ -174,34 +180,16 @@ class DiTTask(TaskModule):
         fakes = torch.cat([self.sample(chunk, seed=i) for i, chunk in enumerate(labels.split(256))])
         real_images = torch.cat(self._test_images).to(self.device)
         with torch.no_grad():
-            real = classifier.features(real_images)
             fake = classifier.features(fakes * 2 - 1)  # the classifier reads [-1, 1] images like the data
             accuracy = (classifier.head(fake).argmax(-1) == labels).float().mean()
-        metrics = {"test/fid_cls": frechet_distance(real, fake), "test/sample_acc": accuracy}
+        metrics = {"test/fid_cls": fid_cls(classifier, real_images, fakes * 2 - 1), "test/sample_acc": accuracy}
         if self.hparams.inception_weights is not None:
             weights = Path(self.hparams.inception_weights).expanduser()
             metrics["test/fid_inception"] = inception_fid(real_images / 2 + 0.5, fakes, weights)
-        metrics.update(self._routing_specialisation(real_images, torch.cat(self._test_labels).to(self.device)))
         self.log_dict(metrics)
-
-    def _routing_specialisation(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Expert load by timestep and by class on the test images: heatmaps, JSON, and the mean NMIs."""
-        generator = torch.Generator(device=images.device).manual_seed(4321)
-        latents = torch.cat([self.to_model_space(chunk, generator) for chunk in images.split(256)])
-        tables = expert_load_by_timestep_and_class(self.model, latents, labels, objective=self.hparams.objective,
-                                                   scheduler=self.train_scheduler, bins=self.hparams.timestep_bins)
-        if not tables:
-            return {}
-        nmi = {key: [normalized_mutual_information(t[key]) for t in tables.values()]
-               for key in ("by_class", "by_timestep")}
-        if self.trainer.is_global_zero:
-            run = Path(self.trainer.default_root_dir)
-            bins = self.hparams.timestep_bins
-            ticks = [f"{int(1000 * (b + 0.5) / bins)}" for b in range(bins)]
-            plot_load_by(tables, "by_timestep", run / "expert_load" / "test_by_timestep.png", "timestep", ticks)
-            plot_load_by(tables, "by_class", run / "expert_load" / "test_by_class.png", "class",
-                         [str(c) for c in range(self.model.config.num_classes)])
-            summary = {name: {key: t.tolist() for key, t in table.items()} for name, table in tables.items()}
-            (run / "routing_by.json").write_text(json.dumps({"nmi": nmi, "counts": summary}, indent=1))
-        return {"test/class_expert_nmi": sum(nmi["by_class"]) / len(tables),
-                "test/timestep_expert_nmi": sum(nmi["by_timestep"]) / len(tables)}
+        generator = torch.Generator(device=self.device).manual_seed(4321)
+        latents = torch.cat([self.to_model_space(chunk, generator) for chunk in real_images.split(256)])
+        route_over_timesteps(self.model, latents, torch.cat(self._test_labels).to(self.device),
+                             objective=self.hparams.objective, scheduler=self.train_scheduler,
+                             bins=self.hparams.timestep_bins)
+        super().on_test_epoch_end()  # logs and plots the load by class and timestep the routing just counted

@@ -3,15 +3,18 @@
 import json
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from scipy import linalg
 
 from moezoo.cli import main
 from moezoo.errors import MoezooError
 from moezoo.tasks.dit import MoEDiT
-from moezoo.tasks.dit.fid import inception_fid
-from moezoo.tasks.dit.specialisation import expert_load_by_timestep_and_class, normalized_mutual_information
+from moezoo.tasks.dit.fid import FeatureClassifier, fid_cls, frechet_distance, inception_fid
+from moezoo.moe import load_by_label
+from moezoo.tasks.dit.specialisation import route_over_timesteps
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 SMALL = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
@@ -87,16 +90,25 @@ def test_inception_fid_uses_the_given_weights_and_is_zero_between_a_set_and_itse
         DiTTask(inception_weights=str(tmp_path / "missing.pth"))
 
 
-def test_normalized_mutual_information_is_one_when_the_row_decides_the_column_and_zero_when_independent():
-    assert normalized_mutual_information(torch.eye(4) * 5) == pytest.approx(1.0)
-    assert normalized_mutual_information(torch.ones(3, 4)) == pytest.approx(0.0, abs=1e-12)
-    joint = torch.tensor([[4.0, 0.0], [1.0, 3.0]])
-    p = joint / joint.sum()
-    px, py = p.sum(1), p.sum(0)
-    nz = p > 0
-    mi = (p[nz] * (p[nz] / (px[:, None] * py[None, :])[nz]).log()).sum()
-    h = -(px * px.log()).sum() - (py * py.log()).sum()
-    assert normalized_mutual_information(joint) == pytest.approx(float(2 * mi / h))
+def _scipy_fid(real: np.ndarray, fake: np.ndarray) -> float:
+    """The FID formula with scipy's matrix square root (the reference implementations' way)."""
+    cov_r, cov_f = np.cov(real.T), np.cov(fake.T)
+    return float(((real.mean(0) - fake.mean(0)) ** 2).sum() + np.trace(cov_r + cov_f)
+                 - 2 * np.trace(linalg.sqrtm(cov_r @ cov_f).real))
+
+
+def test_fid_cls_runs_the_classifier_inside_torchmetrics_and_matches_the_scipy_formula_on_its_features():
+    torch.manual_seed(0)
+    classifier = FeatureClassifier(1, 10).eval()
+    real = torch.rand(400, 1, 8, 8) * 2 - 1
+    fake = torch.rand(300, 1, 8, 8) * 0.4 + 0.5  # brighter than real
+    with torch.no_grad():
+        features = [classifier.features(x).double().numpy() for x in (real, fake)]
+    expected = _scipy_fid(*features)
+    assert expected > 1e-3, "the two sets differ in feature space"
+    assert float(fid_cls(classifier, real, fake)) == pytest.approx(expected, rel=1e-3)
+    assert float(frechet_distance(*map(torch.from_numpy, features))) == pytest.approx(expected, rel=1e-3)
+    assert float(fid_cls(classifier, real, real)) == pytest.approx(0.0, abs=1e-4)
 
 
 def test_load_tables_count_every_assignment_by_timestep_bin_and_by_class():
@@ -104,13 +116,14 @@ def test_load_tables_count_every_assignment_by_timestep_bin_and_by_class():
     model = MoEDiT(sample_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=2, num_classes=3,
                    routing="token_choice", num_experts=4, top_k=2)
     images, labels = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 2, 1])
-    tables = expert_load_by_timestep_and_class(model, images, labels, objective="rectified_flow", bins=3,
-                                               batch_size=2)
-    (table,) = tables.values()
+    route_over_timesteps(model, images, labels, objective="rectified_flow", bins=3, batch_size=2)
+    (table,) = load_by_label(model).values()
     assignments = 5 * 16 * 2  # images x tokens x k, per timestep bin
-    assert table["by_timestep"].shape == (3, 4) and (table["by_timestep"].sum(1) == assignments).all()
-    assert table["by_class"].shape == (3, 4)
-    assert table["by_class"].sum(1).tolist() == [3 * 32, 3 * 64, 3 * 64]  # bins x images of the class x 32
+    by_timestep, by_class = table["timestep"]["counts"], table["class"]["counts"]
+    assert by_timestep.shape == (3, 4) and (by_timestep.sum(1) == assignments).all()
+    assert by_class.shape == (3, 4)
+    assert by_class.sum(1).tolist() == [3 * 32, 3 * 64, 3 * 64]  # bins x images of the class x 32
+    assert 0 <= table["class"]["nmi"] <= 1
     assert model.training, "the model's mode is restored"
 
 

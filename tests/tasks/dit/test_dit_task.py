@@ -24,11 +24,16 @@ def test_promoe_fits_writes_sample_grids_and_tests_with_fid_cls(tmp_path):
     assert metrics["test/fid_cls"] > 0 and 0 <= metrics["test/sample_acc"] <= 1
     assert "train/aux/routing_contrastive" in metrics or any("routing_contrastive" in k for k in metrics)
     assert (tmp_path / "samples" / "epoch_000.png").read_bytes()[:4] == b"\x89PNG"
-    assert 0 <= metrics["test/class_expert_nmi"] <= 1 and 0 <= metrics["test/timestep_expert_nmi"] <= 1
+    assert 0 <= metrics["test/routing/class_nmi"] <= 1 and 0 <= metrics["test/routing/timestep_nmi"] <= 1
+    assert "val/routing/class_nmi" in metrics, "validation counts the routing by class"
     assert (tmp_path / "expert_load" / "test_by_timestep.png").is_file()
-    routing_by = json.loads((tmp_path / "routing_by.json").read_text())
-    per_layer = routing_by["nmi"]["by_class"]  # the logged number is the mean over the MoE layers
-    assert sum(per_layer) / len(per_layer) == pytest.approx(metrics["test/class_expert_nmi"], abs=1e-6)
+    assert (tmp_path / "expert_load" / "test_by_class.png").is_file()
+    routing_by = json.loads((tmp_path / "routing_by_label.json").read_text())
+    per_layer = [tables["class"]["nmi"] for tables in routing_by.values()]  # the logged number: mean over layers
+    assert len(per_layer) == 2 and sum(per_layer) / 2 == pytest.approx(metrics["test/routing/class_nmi"], abs=1e-6)
+    # the timestep sweep routes every test image once per bin: each bin holds the same number of assignments
+    bins = routing_by["model.blocks.1.ffn"]["timestep"]["counts"]
+    assert len(bins) == 10 and len({round(sum(row), 3) for row in bins}) == 1
     main(["test", "--task", "dit/promoe", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path",
           metrics["best_model_path"], "--model.init_args.samples_per_class", "3",
           "--model.init_args.sample_steps", "2", *QUIET])
