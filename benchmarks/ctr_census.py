@@ -33,7 +33,8 @@ def run_cell(method: str, seed: int, args, workdir: Path) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     return {"seed": seed, "seconds": seconds, "epochs": metrics.get("epochs"),
             "auc": {k.removeprefix("test/auc_"): v for k, v in metrics.items() if k.startswith("test/auc_")},
-            "usage": {k.removeprefix("usage/"): v for k, v in metrics.items() if k.startswith("usage/")}}
+            "usage": {k.removeprefix("test/routing/"): v for k, v in metrics.items()
+                      if k.startswith("test/routing/")}}
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def run_cell(method: str, dataset: str, root: str | None, run: int, workdir: Pat
     metric = "test/acc" if dataset.lower() in PLANETOID else "test/roc_auc"
     return {"score": metrics[metric], "metric": metric, "epochs": metrics["epochs"], "seconds": seconds,
             "seconds_per_epoch": seconds / max(1, metrics["epochs"]),
-            "weak_share": metrics.get("moe/mowst/test/weak_share")}
+            "weak_share": metrics.get("test/routing/gate/load_e0")}
 
 
 def main() -> None:

@@ -49,6 +49,11 @@ def _run_lightning(stage: str, argv: list[str]) -> None:
     try:
         MoezooCLI(args=[stage, *config, *rest])
     except ValueError as err:  # a class rejected its arguments while LightningCLI instantiated it
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, MoezooError):
+            cause = cause.__cause__
+        if cause is not None:  # e.g. a data module's error while its sizes were read for the model
+            raise cause from None
         reason = _instantiation_error(str(err))
         if reason is None:
             raise

@@ -176,12 +176,13 @@ def image_tree(tmp_path):
     return root
 
 
-def test_image_folder_tree_trains_through_the_cli(image_tree, tmp_path):
+def test_image_folder_tree_trains_through_the_cli_with_its_sizes_linked_to_the_model(image_tree, tmp_path):
     metrics = _run(tmp_path / "run", "fit", "--task", "image-classification", *FAST, "--data.root", str(image_tree),
-                   "--model.init_args.num_classes", "3")
+                   "--data.image_size", "12")
     assert 0.0 <= metrics["val/acc"] <= 1.0 and 0.0 <= metrics["test/acc"] <= 1.0
     hparams = torch.load(metrics["best_model_path"], weights_only=False)["hyper_parameters"]
-    assert hparams["num_classes"] == 3
+    assert (hparams["num_classes"], hparams["img_size"]) == (3, 12), "from the data (the task config says 10, 8)"
+    assert [k for k in metrics if k.startswith("test/routing/net.blocks.1.mlp.moe/class=")], "load by class"
 
 
 def test_missing_data_root_is_a_one_line_error_from_the_console_script(tmp_path):
@@ -192,9 +193,9 @@ def test_missing_data_root_is_a_one_line_error_from_the_console_script(tmp_path)
     assert _error_lines(err) == [f"moezoo: error: data.root: no such directory: {root}"]
 
 
-@pytest.mark.parametrize("case", ["empty", "unreadable", "unreadable_in_worker", "num_classes"])
+@pytest.mark.parametrize("case", ["empty", "unreadable", "unreadable_in_worker"])
 def test_bad_data_is_a_one_line_error_naming_the_path_or_key(case, image_tree, tmp_path, capfd, monkeypatch):
-    root, extra = image_tree, ["--model.init_args.num_classes", "3"]
+    root, extra = image_tree, []
     if case == "empty":
         root = tmp_path / "empty"
         (root / "cat").mkdir(parents=True)
@@ -208,14 +209,10 @@ def test_bad_data_is_a_one_line_error_naming_the_path_or_key(case, image_tree, t
         if case == "unreadable_in_worker":  # found while loading, in a DataLoader worker process
             extra += ["--data.init_args.check_images", "false", "--data.init_args.num_workers", "1",
                       "--data.init_args.batch_size", "64"]
-    else:
-        extra, expected = [], "model.init_args.num_classes=10 but the data has num_classes=3"
     err = _user_error(capfd, monkeypatch, "fit", "--task", "image-classification", *FAST, "--data.root", str(root),
                       *extra, "--trainer.default_root_dir", str(tmp_path / "run"))
     lines = _error_lines(err)
     assert len(lines) == 1 and expected in lines[0], err[-3000:]
-    if case == "num_classes":
-        assert "--model.init_args.num_classes=3" in lines[0]
 
 
 @pytest.mark.parametrize("task,flag,value", [("image-classification", "--model.init_args.moe.router", "switch"),

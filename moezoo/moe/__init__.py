@@ -9,6 +9,7 @@ from .prototype import PrototypeRouter, routing_contrastive_loss
 from .record import RoutingRecord, in_backward
 from .routers import ExpertChoiceRouter, Router, SoftRouter, TopKRouter, TopPRouter
 from .routing import Routing
+from .stacked import RoutedStackedMLP, StackedMLP
 from .stats import (
     after_optimizer_step,
     aux_loss,
@@ -30,10 +31,12 @@ __all__ = [
     "MoEArgs",
     "ModuleExperts",
     "PrototypeRouter",
+    "RoutedStackedMLP",
     "Router",
     "Routing",
     "RoutingRecord",
     "SoftRouter",
+    "StackedMLP",
     "TopKRouter",
     "TopPRouter",
     "after_optimizer_step",

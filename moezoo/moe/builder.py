@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 import torch.nn as nn
 
 from .experts import DenseMLP, GroupedMLP
@@ -56,13 +58,23 @@ class MoEArgs:
             return ExpertChoiceRouter(dim, self.num_experts, self.capacity_factor or 1.0, **common)
         return TopPRouter(dim, self.num_experts, self.p, **common)
 
-    def build(self, dim: int, hidden: int, router_dim: int | None = None) -> MoE:
-        """The MoE layer replacing a dense FFN of width ``hidden`` on tokens of width ``dim``."""
+    def build(self, dim: int, hidden: int, router_dim: int | None = None, *, device=None, dtype=None) -> MoE:
+        """The MoE layer replacing a dense FFN of width ``hidden`` on tokens of width ``dim``.
+
+        ``device``/``dtype``: of every parameter (``device="meta"`` allocates nothing). The router's gate takes
+        ``dtype`` so that it reads the tokens as they come; its load counters and balancing bias stay float32.
+        """
+        dd = dict(device=device, dtype=dtype)
         expert_hidden = max(1, round(hidden * self.expert_hidden_ratio))
         experts = GroupedMLP(self.num_experts, dim, expert_hidden, activation=self.activation, glu=self.glu,
-                             backend=self.kernel_backend)
+                             backend=self.kernel_backend, **dd)
         shared = None
         if self.num_shared_experts > 0:
-            shared = DenseMLP(dim, expert_hidden * self.num_shared_experts, activation=self.activation, glu=self.glu)
-        return MoE(dim, self.build_router(router_dim or dim), experts, shared)
+            shared = DenseMLP(dim, expert_hidden * self.num_shared_experts, activation=self.activation, glu=self.glu,
+                              **dd)
+        with torch.device(device) if device is not None else nullcontext():
+            router = self.build_router(router_dim or dim)
+        if dtype is not None:
+            router.gate.to(dtype=dtype)
+        return MoE(dim, router, experts, shared)
 

@@ -1,4 +1,22 @@
-"""Expert banks: E experts applied to routed assignments, ``bank(x, routing) -> y``."""
+"""Expert banks: E experts behind one of two interfaces, so that routers, layers and gates can swap them.
+
+- Routed banks compute each expert on the tokens routed to it, ``bank(x [T, d], routing) -> y [T, d_out]``:
+
+      y_t = sum_{(t, e, w) in routing} w * f_e(x_t)
+
+  ``GroupedMLP`` (an FFN per expert, one fused kernel call), ``RoutedStackedMLP`` (a deep MLP per expert, optionally
+  STAR-factored, one grouped GEMM per layer; ``moezoo.moe.stacked``) and ``ModuleExperts`` (any modules, a loop).
+  The ``MoE`` layer holds one; a hard top-1 choice (a cluster, a task) is a Routing with weight 1.
+- Dense banks run every expert on every token, ``bank(x [T, d]) -> h [E, T, d_out]`` with h_e = f_e(x) (``StackedMLP``
+  in ``moezoo.moe.stacked``), for gates that mix precomputed outputs: ``GatedMixture`` (MMoE, PLE, HoME: several
+  gates share one bank's outputs).
+
+``DenseMLP`` is one FFN, the always-on shared expert and the dense baseline. Stacked weights [E, d_in, d_out] are
+initialised per expert as ``nn.Linear`` is (``init_stacked_linear_``), activations are looked up by name in
+``moezoo.kernels.activations``, and every bank that owns parameters takes ``device`` and ``dtype`` for them (as
+timm's layers do), so a model can be built on ``device="meta"`` and materialised with ``to_empty`` and
+``reset_parameters``.
+"""
 
 from __future__ import annotations
 
@@ -9,39 +27,65 @@ import torch
 import torch.nn as nn
 
 from moezoo import kernels
+from moezoo.kernels.activations import canonical_activation
 
 from .routing import Routing
 
 
+def init_stacked_linear_(weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """Initialise each expert of stacked weights [E, d_in, d_out] (and biases [E, ..., d_out]) as nn.Linear would:
+    U(-1/sqrt(d_in), 1/sqrt(d_in))."""
+    bound = 1.0 / math.sqrt(weight.shape[-2])
+    nn.init.uniform_(weight, -bound, bound)
+    if bias is not None:
+        nn.init.uniform_(bias, -bound, bound)
+
+
 class GroupedMLP(nn.Module):
-    """E MLP experts with stacked weights, run through ``moezoo.kernels.moe_mlp`` in one call.
+    """E MLP experts with stacked weights, run through ``moezoo.kernels.moe_mlp`` in one call (a routed bank).
 
     FFN_e(x) = act(x W1_e + b1_e) W2_e + b2_e, or with ``glu`` act(x A_e) * (x B_e) W2_e (SwiGLU: act="silu").
     y_t = sum_{(t, e, w) in routing} w * FFN_e(x_t).
 
-    Shapes: w1 [E, d, h] ([E, d, 2h] with glu), w2 [E, h, d], b1 [E, h], b2 [E, d].
+    Shapes: x [T, d], routing over E experts -> y [T, d]; w1 [E, d, h] ([E, d, 2h] with glu), w2 [E, h, d],
+    b1 [E, h], b2 [E, d].
     """
 
     def __init__(self, num_experts: int, dim: int, hidden: int, *, activation: str = "gelu", glu: bool = False,
-                 bias: bool = True, backend: str | None = None):
+                 bias: bool = True, backend: str | None = None, device=None, dtype=None):
         super().__init__()
-        kernels.apply_activation(torch.zeros(2), activation, False)  # fail early on an unknown name
+        dd = dict(device=device, dtype=dtype)
         self.num_experts, self.dim, self.hidden = num_experts, dim, hidden
-        self.activation, self.glu, self.backend = activation, glu, backend
+        self.activation, self.glu, self.backend = canonical_activation(activation), glu, backend
         width = 2 * hidden if glu else hidden
-        self.w1 = nn.Parameter(torch.empty(num_experts, dim, width))
-        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim))
-        self.b1 = nn.Parameter(torch.empty(num_experts, width)) if bias else None
-        self.b2 = nn.Parameter(torch.empty(num_experts, dim)) if bias else None
+        self.w1 = nn.Parameter(torch.empty(num_experts, dim, width, **dd))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim, **dd))
+        self.b1 = nn.Parameter(torch.empty(num_experts, width, **dd)) if bias else None
+        self.b2 = nn.Parameter(torch.empty(num_experts, dim, **dd)) if bias else None
         self.reset_parameters()
 
+    @classmethod
+    def from_dense(cls, dense: DenseMLP, num_experts: int, *, backend: str | None = None) -> GroupedMLP:
+        """Sparse upcycling (Komatsuzaki et al. 2023): E experts, each a copy of the dense FFN ``dense``.
+
+        Behind a router whose weights sum to 1 per token (top-k renormalised), the MoE computes the dense FFN at
+        first: sum_e w_e FFN(x) = FFN(x). The copies then train apart.
+        """
+        fc1, fc2 = dense.fc1, dense.fc2
+        bank = cls(num_experts, fc1.in_features, fc2.in_features, activation=dense.activation, glu=dense.glu,
+                   bias=fc1.bias is not None, backend=backend, device="meta", dtype=fc1.weight.dtype)
+        bank = bank.to_empty(device=fc1.weight.device)  # no init to throw away: every value is copied
+        with torch.no_grad():
+            bank.w1.copy_(fc1.weight.t().expand_as(bank.w1))
+            bank.w2.copy_(fc2.weight.t().expand_as(bank.w2))
+            if bank.b1 is not None:
+                bank.b1.copy_(fc1.bias.expand_as(bank.b1))
+                bank.b2.copy_(fc2.bias.expand_as(bank.b2))
+        return bank
+
     def reset_parameters(self) -> None:
-        # each expert initialised as nn.Linear would be: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-        for w, b, fan_in in ((self.w1, self.b1, self.dim), (self.w2, self.b2, self.hidden)):
-            bound = 1.0 / math.sqrt(fan_in)
-            nn.init.uniform_(w, -bound, bound)
-            if b is not None:
-                nn.init.uniform_(b, -bound, bound)
+        init_stacked_linear_(self.w1, self.b1)
+        init_stacked_linear_(self.w2, self.b2)
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         return kernels.moe_mlp(
@@ -55,10 +99,11 @@ class GroupedMLP(nn.Module):
 
 
 class ModuleExperts(nn.Module):
-    """E arbitrary expert modules (a GNN, a conv head, a tower), applied in a loop over experts.
+    """E arbitrary expert modules (a GNN, a conv head, a tower), applied in a loop over experts (a routed bank).
 
     Each module maps [n, d_in] -> [n, d_out]; y_t = sum_{(t, e, w)} w * expert_e(x_t). Experts that receive no
-    token are not called.
+    token are not called. It owns no parameters of its own: the experts are built by the caller, on the caller's
+    device and dtype.
     """
 
     def __init__(self, experts: Sequence[nn.Module], out_dim: int | None = None):
@@ -86,14 +131,17 @@ class ModuleExperts(nn.Module):
 class DenseMLP(nn.Module):
     """One dense FFN, act(x W1 + b1) W2 + b2 (or its GLU form), with the activations the expert banks use.
 
-    Serves as the always-on shared expert (DeepSeekMoE) and as the dense baseline of an MoE FFN.
+    Serves as the always-on shared expert (DeepSeekMoE) and as the dense baseline of an MoE FFN; shapes [..., d] ->
+    [..., d]. ``GroupedMLP.from_dense`` upcycles it into E experts.
     """
 
-    def __init__(self, dim: int, hidden: int, *, activation: str = "gelu", glu: bool = False, bias: bool = True):
+    def __init__(self, dim: int, hidden: int, *, activation: str = "gelu", glu: bool = False, bias: bool = True,
+                 device=None, dtype=None):
         super().__init__()
-        self.activation, self.glu = activation, glu
-        self.fc1 = nn.Linear(dim, 2 * hidden if glu else hidden, bias=bias)
-        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        dd = dict(device=device, dtype=dtype)
+        self.activation, self.glu = canonical_activation(activation), glu
+        self.fc1 = nn.Linear(dim, 2 * hidden if glu else hidden, bias=bias, **dd)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(kernels.apply_activation(self.fc1(x), self.activation, self.glu))

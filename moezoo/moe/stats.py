@@ -80,8 +80,9 @@ def after_optimizer_step(model: nn.Module) -> None:
 def routing_labels(model: nn.Module, labels: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
     """Attach ``labels`` (name -> ids per sample [B] or per token) to the forwards run inside this block: every
     routing module of ``model`` counts its load by each label's values (read with ``load_by_label``). Nested blocks
-    add their labels to the outer ones; on exit the previous labels are restored, so nothing outlives the block."""
-    if not labels:
+    add their labels to the outer ones; on exit the previous labels are restored, so nothing outlives the block.
+    Empty ``labels`` count only each module's total load over the block (``"*"``); None counts nothing."""
+    if labels is None:
         yield
         return
     records = [layer.record for _, layer in moe_layers(model)]

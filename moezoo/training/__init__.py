@@ -1,7 +1,9 @@
 """Training: the TaskModule base and the callbacks every run gets."""
 
 from .callbacks import ExpertLoadHeatmap, MetricsJson, PredictionWriter, plot_expert_load, plot_load_by_label, pyplot
+from .data import SplitDataModule, image_folder, load_digits_images, stratified_split
 from .task import TaskModule
 
-__all__ = ["ExpertLoadHeatmap", "MetricsJson", "PredictionWriter", "TaskModule", "plot_expert_load",
-           "plot_load_by_label", "pyplot"]
+__all__ = ["ExpertLoadHeatmap", "MetricsJson", "PredictionWriter", "SplitDataModule", "TaskModule", "plot_expert_load",
+           "plot_load_by_label", "pyplot",
+           "image_folder", "load_digits_images", "stratified_split"]

@@ -13,6 +13,26 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from .callbacks import ExpertLoadHeatmap, MetricsJson, PredictionWriter
 from .task import TaskModule
 
+# What the data decides and the model is built with, linked at instantiation (LightningCLI's link_arguments):
+# (data module attribute, model argument). A link applies when the data module has the attribute and the chosen
+# model class takes the argument; the data's value then replaces any given one. The model is thus built from its
+# own arguments (saved in its checkpoint and config), never by reading the trainer's datamodule.
+LINKED_SIZES = (
+    ("num_classes", "num_classes"),
+    ("in_chans", "in_chans"),  # image classification
+    ("img_size", "img_size"),
+    ("image_size", "image_size"),  # diffusion
+    ("channels", "channels"),
+    ("fid_classifier", "fid_classifier"),  # a callable: the FID-cls classifier of the training images
+    ("num_features", "num_features"),  # graph
+    ("metric", "metric"),
+    ("field_cardinalities", "cardinalities"),  # CTR
+    ("num_numeric", "num_numeric"),
+    ("tasks", "tasks"),
+    ("domains", "domains"),
+    ("user_column", "has_user"),
+)
+
 
 class MoezooCLI(LightningCLI):
     """Every run writes into ``--trainer.default_root_dir`` (its run directory):
@@ -22,7 +42,9 @@ class MoezooCLI(LightningCLI):
     - ``expert_load/epoch_NNN.png`` and ``metrics.json``; Lightning's own logs under ``lightning_logs/``;
     - for ``predict``, ``predictions.pt`` (and ``predictions.csv`` for one label per sample).
 
-    ``fit`` ends by testing the best checkpoint when the datamodule has a test split.
+    ``fit`` ends by testing the best checkpoint when the datamodule has a test split. Sizes the data decides
+    (classes, channels, feature widths, vocabularies: ``LINKED_SIZES``) reach the model's arguments by
+    ``link_arguments`` when both are instantiated.
 
     With ``--ckpt_path``, Lightning takes the model's arguments from the checkpoint (so the architecture matches it);
     ``--model.*`` flags typed on the command line still win over them (e.g. ``moezoo test ... --model.cfg_scale 1``).
@@ -39,6 +61,10 @@ class MoezooCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             args=args,
         )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        for attribute, argument in LINKED_SIZES:
+            parser.link_arguments(f"data.{attribute}", f"model.init_args.{argument}", apply_on="instantiate")
 
     def _model_flags(self) -> dict:
         """The ``--model.*`` flags of the command line as a nested dict of YAML-typed values under ``init_args``."""
@@ -71,9 +97,8 @@ class MoezooCLI(LightningCLI):
         callbacks = trainer_config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         root = Path(trainer_config.get("default_root_dir") or ".")
-        # the data may decide the metric (e.g. ROC-AUC for two-class graphs)
-        monitor = getattr(self.datamodule, "monitor", None) or self.model.monitor
-        mode = getattr(self.datamodule, "monitor_mode", None) or self.model.monitor_mode
+        # the model's metric (the data may have decided it through a link, e.g. ROC-AUC for two-class graphs)
+        monitor, mode = self.model.monitor, self.model.monitor_mode
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             # ModelCheckpoint's save_last only writes when a best checkpoint is written: a second, unmonitored
             # callback writes last.ckpt after every epoch. The best one stays first (trainer.checkpoint_callback).

@@ -25,9 +25,10 @@ class TaskModule(L.LightningModule):
     balancing state (aux-loss-free bias, global-batch counts).
 
     Routing by label: ``routing_labels(batch, stage)`` may return labels of the batch's samples (name -> ids, e.g.
-    ``{"class": y}``); during validation and test every routing module then counts its load per label value, and
-    each epoch logs, per routing module and label, the label-expert NMI (``<stage>/routing/<layer>/<label>_nmi``,
-    mean over modules ``<stage>/routing/<label>_nmi``) and the load of each value
+    ``{"class": y}``; ``{}`` counts only each module's total load); during validation and test every routing module
+    then counts its load per label value, and each epoch logs, per routing module and label, the label-expert NMI
+    (``<stage>/routing/<layer>/<label>_nmi``, mean over modules ``<stage>/routing/<label>_nmi``) and the load of each
+    value
     (``<stage>/routing/<layer>/<label>=<value>/e<i>``), plus the module's load over the stage
     (``<stage>/routing/<layer>/load_e<i>``). Test also writes ``expert_load/test_by_<label>.png`` and
     ``routing_by_label.json``. ``routing_label_names`` names the values (``{"domain": ["tv", "web"]}``).
@@ -55,7 +56,7 @@ class TaskModule(L.LightningModule):
 
     def _labelled_step(self, batch, stage: str) -> torch.Tensor:
         labels = self.routing_labels(batch, stage)
-        with routing_labels(self, labels) if labels else nullcontext():
+        with routing_labels(self, labels) if labels is not None else nullcontext():
             return self.task_step(batch, stage)
 
     def training_step(self, batch, batch_idx):

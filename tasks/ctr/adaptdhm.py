@@ -14,9 +14,10 @@ tau = 1 would give almost uniform weights over cosines in [-1, 1] and pull every
 default tau = 0.1 keeps the clusters apart.
 
 Cluster networks (STAR-style): cluster k's MLP uses weights W^l_shared * W^l_k (element-wise) and biases
-b^l_shared + b^l_k; the last layer gives one logit per task. Samples are sorted by cluster and each layer is one
-grouped GEMM over the clusters (``moezoo.kernels.grouped_mm``). The cluster choice is a hard top-1 Routing, logged
-with the domain as its group when the data has one, so users see which domains each cluster serves.
+b^l_shared + b^l_k; the last layer gives one logit per task: the core's routed bank
+``moezoo.moe.RoutedStackedMLP(factored=True)`` (samples sorted by cluster, one grouped GEMM per layer). The cluster
+choice is a hard top-1 Routing recorded like any router's; with a domain column ``CTRTask`` counts it by domain
+(``test/routing/net.adaptation/domain=<d>/e<k>``), so users see which domains each cluster serves.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from moezoo.kernels import grouped_mm, sort_by_expert
-from moezoo.moe import Routing, RoutingRecord, in_backward
+from moezoo.moe import RoutedStackedMLP, Routing, RoutingRecord, in_backward
 
 from .model import CTRTask
 
@@ -64,7 +64,7 @@ class DistributionAdaptation(nn.Module):
             refined /= dist.get_world_size()
         self.centres.copy_(F.normalize(self.momentum * self.centres + (1 - self.momentum) * refined, dim=-1))
 
-    def forward(self, v: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
         u = F.normalize(v.detach().float(), dim=-1)
         if self.training:
             weights, refined = self.route(u)
@@ -76,58 +76,56 @@ class DistributionAdaptation(nn.Module):
         batch = v.shape[0]
         self.record.add(Routing(token_index=torch.arange(batch, device=v.device), expert_index=cluster,
                                 weight=torch.ones(batch, device=v.device), num_tokens=batch,
-                                num_experts=self.num_clusters, probs=weights, logits=weights.log(),
-                                group=group), training=self.training)
+                                num_experts=self.num_clusters, probs=weights, logits=weights.log()),
+                        training=self.training)
         return cluster
 
 
 class ClusterNetworks(nn.Module):
     """K STAR-style MLPs: layer l of cluster k is x (W_shared^l * W_k^l) + b_shared^l + b_k^l.
 
-    Shapes: v [B, d], cluster [B] -> [B, out_dim]. ReLU between layers, none after the last.
+    The core routed bank ``moezoo.moe.RoutedStackedMLP(factored=True)`` over a hard top-1 Routing: sample b goes to
+    its cluster with weight 1. Shapes: v [B, d], cluster [B] -> [B, out_dim]. ReLU between layers, none after the
+    last.
     """
+
+    # parameter names before the bank moved into the core, so that older checkpoints still load
+    _OLD_KEYS = {"shared_weights.": "bank.shared_weights.", "shared_biases.": "bank.shared_biases.",
+                 "cluster_weights.": "bank.weights.", "cluster_biases.": "bank.biases."}
 
     def __init__(self, num_clusters: int, in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0):
         super().__init__()
-        dims = [in_dim, *hidden, out_dim]
         self.num_clusters = num_clusters
-        self.shared_weights = nn.ParameterList(nn.Parameter(torch.empty(i, o)) for i, o in zip(dims, dims[1:]))
-        self.shared_biases = nn.ParameterList(nn.Parameter(torch.zeros(o)) for o in dims[1:])
-        # the specific factors start at 1 (and biases at 0): every cluster starts as the shared network
-        self.cluster_weights = nn.ParameterList(nn.Parameter(torch.ones(num_clusters, i, o))
-                                                for i, o in zip(dims, dims[1:]))
-        self.cluster_biases = nn.ParameterList(nn.Parameter(torch.zeros(num_clusters, o)) for o in dims[1:])
-        for w in self.shared_weights:
-            nn.init.xavier_uniform_(w)
-        self.dropout = nn.Dropout(dropout)
+        self.bank = RoutedStackedMLP(num_clusters, in_dim, [*hidden, out_dim], "relu", dropout, output_layer=True,
+                                     factored=True)
 
     def forward(self, v: torch.Tensor, cluster: torch.Tensor) -> torch.Tensor:
-        order, offsets = sort_by_expert(cluster, self.num_clusters)
-        rows = cluster[order]
-        h = v[order]
-        last = len(self.shared_weights) - 1
-        for layer in range(last + 1):
-            weight = self.shared_weights[layer] * self.cluster_weights[layer]  # [K, i, o]
-            bias = self.shared_biases[layer] + self.cluster_biases[layer][rows]
-            h = grouped_mm(h, weight, offsets) + bias
-            if layer < last:
-                h = self.dropout(F.relu(h))
-        return h.new_empty(h.shape).index_copy(0, order, h)
+        batch = v.shape[0]
+        probs = F.one_hot(cluster, self.num_clusters).to(v.dtype)
+        routing = Routing(token_index=torch.arange(batch, device=v.device), expert_index=cluster,
+                          weight=v.new_ones(batch), num_tokens=batch, num_experts=self.num_clusters,
+                          probs=probs, logits=probs.log())
+        return self.bank(v, routing)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in self._OLD_KEYS.items():
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class AdaptDHMNet(nn.Module):
-    """Shapes: v [B, d], domain [B] (statistics only) -> logits [B, T]."""
+    """Shapes: v [B, d], domain [B] (unused: clusters replace domains) -> logits [B, T]."""
 
     def __init__(self, in_dim: int, tasks: Sequence[str], domains: Sequence[str], num_clusters: int = 4,
                  iterations: int = 3, momentum: float = 0.9, temperature: float = 0.1,
                  hidden: Sequence[int] = (128, 64), dropout: float = 0.0):
         super().__init__()
-        self.num_domains = len(domains)
         self.adaptation = DistributionAdaptation(in_dim, num_clusters, iterations, momentum, temperature)
         self.clusters = ClusterNetworks(num_clusters, in_dim, hidden, len(tasks), dropout)
 
     def forward(self, v: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        cluster = self.adaptation(v, group=domain if self.num_domains > 1 else None)
+        cluster = self.adaptation(v)
         return self.clusters(v, cluster)
 
 

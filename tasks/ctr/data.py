@@ -22,13 +22,13 @@ import zlib
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from moezoo.errors import MoezooError
+from moezoo.training.data import SplitDataModule
 
 from . import synthetic
 from .presets import PRESETS, Preset, resolve_fields, resolve_labels
@@ -97,7 +97,7 @@ class _Rows(torch.utils.data.Dataset):
         return {key: value[index] for key, value in self.tensors.items()}
 
 
-class CTRData(L.LightningDataModule):
+class CTRData(SplitDataModule):
     """Multi-task (multi-domain) click data for the CTR family.
 
     Args:
@@ -346,21 +346,34 @@ class CTRData(L.LightningDataModule):
         self.setup()
         return len(self.domain_names)
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    # linked to the model's arguments of the same meaning by the CLI (moezoo.training.cli.LINKED_SIZES)
+    @property
+    def field_cardinalities(self) -> list[int]:
         self.setup()
-        rows = self.splits[split]
+        return list(self.cardinalities)
+
+    @property
+    def num_numeric(self) -> int:
+        self.setup()
+        return len(self.numeric_names)
+
+    @property
+    def tasks(self) -> list[str]:
+        self.setup()
+        return list(self.task_names)
+
+    @property
+    def domains(self) -> list[str]:
+        self.setup()
+        return list(self.domain_names)
+
+    @property
+    def user_column(self) -> bool:
+        self.setup()
+        return bool(self.has_user)
+
+    def make_loader(self, rows: _Rows, shuffle: bool) -> DataLoader:
+        """Batches of ``batch_size`` rows, each gathered by one indexing of the row tensors."""
         sampler = RandomSampler(rows) if shuffle else SequentialSampler(rows)
         return DataLoader(rows, batch_size=None, sampler=BatchSampler(sampler, self.batch_size, drop_last=False),
                           num_workers=self.num_workers)
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
-
-    def predict_dataloader(self):
-        return self._loader("test")

@@ -12,9 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from moezoo.moe import GatedMixture, SoftRouter
-
-from .experts import StackedMLP
+from moezoo.moe import GatedMixture, SoftRouter, StackedMLP
 
 
 def module_key(name: str) -> str:

@@ -1,8 +1,9 @@
 """HoME (Wang et al., Kuaishou 2024, arXiv 2408.05430, "HoME: Hierarchy of Multi-Gate Experts for Multi-Task
 Learning at Kuaishou"). No official code was published; this follows the paper's description.
 
-- Expert normalisation & Swish: every expert is Swish(BN(W v + b)) (``StackedMLP(batch_norm=True, "swish")``), so
-  experts' outputs share one scale and no expert dies at zero the way ReLU experts collapse.
+- Expert normalisation & Swish: every expert is Swish(BN(W v + b)) (``moezoo.moe.StackedMLP`` with batch_norm and
+  the paper's name ``swish``, the registry's alias of ``silu``: x sigmoid(x)), so experts' outputs share one scale
+  and no expert dies at zero the way ReLU experts collapse.
 - Hierarchy mask, two levels. Tasks are grouped in categories (e.g. {click} and {purchase}).
   Meta level: global shared experts S^1 and one expert group C_c^1 per category, all reading v. Category c's meta
   gate mixes S^1 u C_c^1 into m_c; a global meta gate mixes all meta experts into m_s.
@@ -23,8 +24,8 @@ import torch
 import torch.nn as nn
 
 from moezoo.errors import MoezooError
+from moezoo.moe import StackedMLP
 
-from .experts import StackedMLP
 from .gates import DomainGates, DomainTowers, module_key
 from .model import CTRTask
 

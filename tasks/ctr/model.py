@@ -3,11 +3,14 @@
 Loss: sum_t w_t BCE(y_t, sigmoid(logit_t)). Metrics per stage (``val``/``test``): AUC and logloss per task
 (``<stage>/auc_<task>``, ``<stage>/logloss_<task>``), their means (``<stage>/auc``, the checkpoint monitor, and
 ``<stage>/logloss``), per domain when the data has several (``<stage>/<domain>/auc_<task>``), and GAUC per task when
-the data names a user column (``<stage>/gauc_<task>``). Testing also reports each gate's expert usage over the
-whole test set (``usage/<gate>/e<i>``; ``usage/<gate>/<domain>/e<i>`` for routers that see every domain), the
-numbers users look at to see which experts each task and domain uses.
+the data names a user column (``<stage>/gauc_<task>``). Validation and test also report each gate's expert usage
+over the stage (``<stage>/routing/<gate>/load_e<i>``; gates are named by task and domain) and, for the routers that
+see every domain, the usage per domain and its NMI with the expert (``<stage>/routing/<gate>/domain=<d>/e<i>``,
+``<stage>/routing/domain_nmi``): the core's load by label, the numbers users look at to see which experts each task
+and domain uses.
 
-The network is built in ``configure_model`` from the data module's fields, tasks and domains; subclasses implement
+The network is built in ``configure_model`` from the data's fields, tasks and domains (arguments linked from the data
+module by the CLI); subclasses implement
 ``build_network(in_dim, tasks, domains)`` and pass the arguments of ``CTRTask`` on as ``**kwargs`` (LightningCLI
 follows them, so ``--model.init_args.lr`` and ``--print_config`` show them for every model).
 """
@@ -21,7 +24,6 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
 from moezoo.errors import MoezooError
-from moezoo.moe import routing_stats
 from moezoo.training import TaskModule
 
 from .features import FeatureEmbedding
@@ -40,24 +42,32 @@ class CTRTask(TaskModule):
         weight_decay: L2 on the network's weights (Adam's, as FuxiCTR's ``net_regularizer``).
         embedding_weight_decay: L2 on the embedding tables (FuxiCTR's ``embedding_regularizer``).
         task_weights: loss weight per task (default 1 each).
+        cardinalities, num_numeric, tasks, domains, has_user: the data's encoded fields (the vocabulary size of each
+            categorical field, the number of numeric ones), task and domain names, and whether a user column exists;
+            under the CLI they come from the data module (linked), so the model is built from its own arguments.
     """
 
     monitor = "val/auc"
     monitor_mode = "max"
 
     def __init__(self, embed_dim: int = 16, lr: float = 1e-3, weight_decay: float = 0.0,
-                 embedding_weight_decay: float = 1e-6, task_weights: list[float] | None = None):
+                 embedding_weight_decay: float = 1e-6, task_weights: list[float] | None = None,
+                 cardinalities: list[int] | None = None, num_numeric: int = 0, tasks: list[str] | None = None,
+                 domains: list[str] | None = None, has_user: bool = False):
         super().__init__(lr=lr, weight_decay=weight_decay, cosine=False)
         self.embed_dim, self.embedding_weight_decay, self.task_weights = embed_dim, embedding_weight_decay, task_weights
+        self.data_sizes = (cardinalities, num_numeric, tasks, domains or ["all"], has_user)
         self.built = False
 
-    # -- building from the data ---------------------------------------------------------------------------------
+    # -- building from the data's sizes -------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.built:
             return
-        data = self.trainer.datamodule
-        self.build(list(data.cardinalities), len(data.numeric_names), list(data.task_names),
-                   list(data.domain_names), bool(data.has_user))
+        cardinalities, num_numeric, tasks, domains, has_user = self.data_sizes
+        if cardinalities is None or tasks is None:
+            raise MoezooError("model.init_args.cardinalities and tasks are not set: run through the moezoo CLI (they "
+                              "come from the data module) or pass them")
+        self.build(list(cardinalities), num_numeric, list(tasks), list(domains), bool(has_user))
 
     def build(self, cardinalities: list[int], num_numeric: int, tasks: list[str], domains: list[str],
               has_user: bool = False) -> None:
@@ -74,7 +84,7 @@ class CTRTask(TaskModule):
             for d in range(len(domains) + 1 if len(domains) > 1 else 1)})  # d = len(domains): all domains
         self.logloss = nn.ModuleDict({f"{stage}_{t}": MeanMetric() for stage in STAGES for t in range(len(tasks))})
         self._gauc_buffer: dict[str, list] = {stage: [] for stage in STAGES}
-        self._usage: dict[str, torch.Tensor] = {}
+        self.routing_label_names = {"domain": list(domains)}
         self.built = True
 
     def build_network(self, in_dim: int, tasks: list[str], domains: list[str]) -> nn.Module:
@@ -85,6 +95,10 @@ class CTRTask(TaskModule):
         """Logits [B, T]."""
         v = self.features(batch["categorical"], batch["numeric"])
         return self.net(v, batch["domain"])
+
+    def routing_labels(self, batch, stage):
+        """Count every gate's usage over the stage, and by domain where the data has several."""
+        return {"domain": batch["domain"]} if len(self.domains) > 1 else {}
 
     def task_step(self, batch, stage):
         logits = self(batch)
@@ -112,14 +126,6 @@ class CTRTask(TaskModule):
             self.logloss[key].update(F.binary_cross_entropy_with_logits(logits[:, t], labels[:, t], reduction="none"))
         if self.has_user and "user" in batch:
             self._gauc_buffer[stage].append((probs.cpu(), labels.cpu(), batch["user"].cpu()))
-        if stage == "test":
-            for name, stats in routing_stats(self.net).items():
-                loads = [("", stats["load"])]
-                if "group_load" in stats and len(self.domains) > 1:
-                    loads += [(f"/{self.domains[g]}", row) for g, row in enumerate(stats["group_load"])]
-                for suffix, load in loads:
-                    key = f"{name}{suffix}"
-                    self._usage[key] = self._usage.get(key, 0) + load.detach().cpu() * labels.shape[0]
 
     def _log_epoch_metrics(self, stage: str) -> None:
         values, num_domains = {}, len(self.domains)
@@ -146,20 +152,16 @@ class CTRTask(TaskModule):
             for t, task in enumerate(self.tasks):
                 values[f"{stage}/gauc_{task}"] = gauc(probs[:, t], labels[:, t], users)
             self._gauc_buffer[stage] = []
-        if stage == "test" and self._usage:
-            for key, load in self._usage.items():
-                load = load / load.sum().clamp_min(1e-12)
-                for e, share in enumerate(load):
-                    values[f"usage/{key}/e{e}"] = share
-            self._usage = {}
         self.log(f"{stage}/auc", values.pop(f"{stage}/auc"), prog_bar=True)
         self.log_dict(values)
 
     def on_validation_epoch_end(self):
         self._log_epoch_metrics("val")
+        super().on_validation_epoch_end()
 
     def on_test_epoch_end(self):
         self._log_epoch_metrics("test")
+        super().on_test_epoch_end()
 
     def predict_step(self, batch, batch_idx):
         probs = torch.sigmoid(self(batch))

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from .experts import StackedMLP
+from moezoo.moe import StackedMLP
+
 from .gates import DomainGates, DomainTowers, module_key
 from .model import CTRTask
 

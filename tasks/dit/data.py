@@ -11,19 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-import torch
-import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import Subset, TensorDataset
 from torchvision import transforms
-from torchvision.datasets import ImageFolder
 
-from moezoo.errors import MoezooError
+from moezoo.training.data import SplitDataModule, image_folder, load_digits_images, stratified_split
 
 
-class DiffusionImageData(L.LightningDataModule):
+class DiffusionImageData(SplitDataModule):
     """Batches of (images [B, C, S, S] in [-1, 1], labels [B]).
 
     Args:
@@ -33,8 +28,6 @@ class DiffusionImageData(L.LightningDataModule):
         val_fraction, test_fraction, seed: the stratified split.
         batch_size, num_workers: loader settings.
     """
-
-    has_test = True
 
     def __init__(self, root: str | None = None, image_size: int = 16, grayscale: bool = False,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, batch_size: int = 64,
@@ -54,36 +47,21 @@ class DiffusionImageData(L.LightningDataModule):
 
     def _dataset(self):
         if self.root is None:
-            from sklearn.datasets import load_digits
-
-            digits = load_digits()
-            images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-            images = F.interpolate(images, size=self.image_size, mode="bilinear", align_corners=False)
-            return TensorDataset(images.clamp(0, 1) * 2 - 1, torch.tensor(digits.target)), digits.target, 10
-        if not self.root.is_dir():
-            raise MoezooError(f"data.root: no such directory: {self.root}")
+            images, labels = load_digits_images(self.image_size)
+            return TensorDataset(images, labels), labels.numpy(), 10
         steps = [transforms.Resize(self.image_size), transforms.CenterCrop(self.image_size)]
         if self.grayscale:
             steps.append(transforms.Grayscale())
         steps += [transforms.ToTensor(), transforms.Normalize(0.5, 0.5)]
-        try:
-            folder = ImageFolder(str(self.root), transform=transforms.Compose(steps))
-        except FileNotFoundError:
-            raise MoezooError(f"data.root: {self.root} has no class sub-folders with images "
-                              f"(expected {self.root}/<class>/<image>)") from None
+        folder = image_folder(self.root, transforms.Compose(steps))
         return folder, np.array(folder.targets), len(folder.classes)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
         dataset, targets, self._num_classes = self._dataset()
-        index = np.arange(len(targets))
-        held = self.val_fraction + self.test_fraction
-        train, rest = train_test_split(index, test_size=held, stratify=targets, random_state=self.seed)
-        val, test = train_test_split(rest, test_size=self.test_fraction / held, stratify=targets[rest],
-                                     random_state=self.seed)
-        self.splits = {name: Subset(dataset, rows.tolist()) for name, rows in
-                       (("train", train), ("val", val), ("test", test))}
+        indices = stratified_split(targets, self.val_fraction, self.test_fraction, self.seed)
+        self.splits = {name: Subset(dataset, rows.tolist()) for name, rows in indices.items()}
         self._channels = dataset[0][0].shape[0]
 
     @property
@@ -96,16 +74,9 @@ class DiffusionImageData(L.LightningDataModule):
         self.setup()
         return self._channels
 
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        self.setup()
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers)
+    def fid_classifier(self):
+        """The FID-cls feature classifier trained on this data's training split (cached), and its accuracy; linked
+        to the model's ``fid_classifier`` so the task reads no data module itself."""
+        from .fid import load_or_train_classifier
 
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
+        return load_or_train_classifier(self)

@@ -4,6 +4,9 @@ generated images of each class (conditional fidelity).
 
     FID = |mu_r - mu_g|^2 + tr(S_r + S_g - 2 (S_r S_g)^(1/2)),   tr((S_r S_g)^(1/2)) = sum_i sqrt(lambda_i(S_r S_g))
 
+Both FIDs here are torchmetrics' ``FrechetInceptionDistance``: FID-cls with the classifier's feature layer as its
+feature extractor (``feature=``), the standard FID with torch-fidelity's InceptionV3.
+
 The classifier (a small CNN; features = its 128-d pooled layer) is trained once per data source and resolution and
 cached under ``$MOEZOO_CACHE`` (default ``~/.cache/moezoo``), so every variant is scored by the same one. Numbers are
 comparable only between runs that use the same classifier; they are not Inception FIDs.
@@ -40,14 +43,42 @@ class FeatureClassifier(nn.Module):
         return self.head(self.features(x))
 
 
+class FeatureMap(nn.Module):
+    """A feature extractor as torchmetrics' FID takes it: ``module(x) -> [B, num_features]``."""
+
+    def __init__(self, module: nn.Module, num_features: int):
+        super().__init__()
+        self.module, self.num_features = module, num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def fid(feature: nn.Module | int, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 256,
+        **options) -> torch.Tensor:
+    """torchmetrics' ``FrechetInceptionDistance`` with extractor ``feature`` between the sets ``real`` and ``fake``.
+
+    Fed ``batch_size`` samples at a time; float64 statistics; computed on this process's samples alone (no sync
+    across ranks). ``options`` go to the metric (``normalize``, ``feature_extractor_weights_path``).
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=feature, sync_on_compute=False, **options).to(real.device)
+    with torch.no_grad():
+        for samples, is_real in ((real, True), (fake, False)):
+            for chunk in samples.split(batch_size):
+                metric.update(chunk, real=is_real)
+    return metric.compute()
+
+
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """FID between feature sets real [N, d] and fake [M, d] (float64 inside)."""
-    real, fake = real.double(), fake.double()
-    mu_r, mu_f = real.mean(0), fake.mean(0)
-    cov_r, cov_f = torch.cov(real.t()), torch.cov(fake.t())
-    eigenvalues = torch.linalg.eigvals(cov_r @ cov_f)
-    trace_sqrt = eigenvalues.sqrt().real.sum()
-    return ((mu_r - mu_f).square().sum() + cov_r.trace() + cov_f.trace() - 2 * trace_sqrt).float()
+    """FID between feature sets real [N, d] and fake [M, d] (the identity as the feature extractor)."""
+    return fid(FeatureMap(nn.Identity(), real.shape[-1]), real, fake)
+
+
+def fid_cls(classifier: FeatureClassifier, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """FID-cls between images real [N, C, H, W] and fake [M, C, H, W] in [-1, 1] (as the classifier reads them)."""
+    return fid(FeatureMap(classifier.body, classifier.head.in_features), real, fake)
 
 
 def cache_dir() -> Path:
@@ -106,11 +137,6 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Pa
     features) between images ``real`` and ``fake`` [N, C, H, W] in [0, 1] (grayscale repeated to RGB, resized to 299
     by the extractor), with the Inception weights at ``weights_path`` (torch-fidelity's
     ``weights-inception-2015-12-05-6726825d.pth``; nothing is downloaded)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights_path))
-    metric = metric.to(real.device)
-    for images, is_real in ((real, True), (fake, False)):
-        for chunk in images.split(batch_size):
-            metric.update(chunk.expand(-1, 3, -1, -1) if chunk.shape[1] == 1 else chunk, real=is_real)
-    return float(metric.compute())
+    rgb = [images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images for images in (real, fake)]
+    return float(fid(2048, *rgb, batch_size=batch_size, normalize=True,
+                     feature_extractor_weights_path=str(weights_path)))

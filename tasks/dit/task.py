@@ -5,10 +5,10 @@ aux losses (TaskModule). Validation: the same loss at fixed noise (seeded) so ep
 writes ``samples/epoch_NNN.png`` (one row per class, ``cfg_scale``). Test (``moezoo test``): ``test/fid_cls`` between
 ``samples_per_class`` generated images per class and the test split, and ``test/sample_acc`` (the classifier's
 accuracy on the generated images, against the class they were asked for); see ``fid.py``. With
-``inception_weights`` also ``test/fid_inception`` (the standard Inception FID, torchmetrics). Validation counts the routing by
-class; test routes the test images at fixed timesteps (``specialisation.py``) and the core reports the expert load by
-timestep and by class (``expert_load/test_by_{timestep,class}.png``, ``routing_by_label.json``) and their normalised
-mutual information with the expert choice (``test/routing/class_nmi``, ``test/routing/timestep_nmi``).
+``inception_weights`` also ``test/fid_inception`` (the standard Inception FID, torchmetrics). Validation counts the
+routing by class; test routes the test images at fixed timesteps (``specialisation.py``) and the core reports the
+expert load by timestep and by class (``expert_load/test_by_{timestep,class}.png``, ``routing_by_label.json``) and
+their normalised mutual information with the expert choice (``test/routing/class_nmi``, ``test/routing/timestep_nmi``).
 
 Latent space: ``vae`` names a diffusers ``AutoencoderKL`` folder (``save_pretrained`` layout, local or a hub id in the
 cache); the model then trains on its latents (``latent_dist.sample() * scaling_factor``) and samples are decoded.
@@ -16,6 +16,7 @@ cache); the model then trains on its latents (``latent_dist.sample() * scaling_f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,7 @@ from torchvision.utils import save_image
 from moezoo.errors import MoezooError
 from moezoo.training import TaskModule
 
-from .fid import fid_cls, inception_fid, load_or_train_classifier
+from .fid import fid_cls, inception_fid
 from .model import SIZES, MoEDiT
 from .objectives import ddpm_loss, rectified_flow_loss
 from .pipeline import MoEDiTPipeline
@@ -49,8 +50,11 @@ class DiTTask(TaskModule):
     The model arguments are ``MoEDiT``'s (``routing``, ``num_experts``, ``capacity_factor``, ``prototype_gate``,
     ``prototype_choice``, ``decoupled_routing``, ``shared_expert``, ...); ``size`` (S, B, L, XL) sets hidden size,
     depth and heads to the DiT / ProMoE sizes instead of ``hidden_size`` / ``depth`` / ``num_heads`` (GPU scale).
-    ``vae``: an AutoencoderKL folder for latent diffusion; ``inception_weights``: torch-fidelity's InceptionV3 weights
-    file for the standard FID at test; ``timestep_bins``: the bins of the expert-load-by-timestep table.
+    ``image_size``, ``channels``, ``num_classes``: the data's (linked from the data module by the CLI);
+    ``fid_classifier``: a callable returning (FID-cls classifier, its accuracy), the data module's
+    ``fid_classifier`` under the CLI; ``vae``: an AutoencoderKL folder for latent diffusion; ``inception_weights``:
+    torch-fidelity's InceptionV3 weights file for the standard FID at test; ``timestep_bins``: the bins of the
+    expert-load-by-timestep table.
     """
 
     monitor = "val/loss"
@@ -67,12 +71,15 @@ class DiTTask(TaskModule):
                  objective: Literal["rectified_flow", "ddpm"] = "rectified_flow", cfg_scale: float = 1.5,
                  sample_steps: int = 20, samples_per_class: int = 20, lr: float = 3e-4, weight_decay: float = 0.0,
                  warmup_epochs: float = 0.0, vae: str | None = None, inception_weights: str | None = None,
-                 timestep_bins: int = 10, size: Literal["S", "B", "L", "XL"] | None = None):
+                 timestep_bins: int = 10, size: Literal["S", "B", "L", "XL"] | None = None,
+                 image_size: int = 16, channels: int = 1, num_classes: int = 10,
+                 fid_classifier: Callable[[], tuple] | None = None):
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, cosine=False)
         if inception_weights is not None and not Path(inception_weights).expanduser().is_file():
             raise MoezooError(f"model.inception_weights: {inception_weights} is not a file (torch-fidelity's "
                               "weights-inception-2015-12-05-6726825d.pth)")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["fid_classifier"])
+        self.fid_classifier = fid_classifier
         self.routing_label_names = {"timestep": timestep_bin_names(timestep_bins)}
         self.model: MoEDiT | None = None
         self.vae: AutoencoderKL | None = None
@@ -80,20 +87,19 @@ class DiTTask(TaskModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        data = self.trainer.datamodule
         h = self.hparams
-        sample_size, channels = data.image_size, data.channels
+        sample_size, channels = h.image_size, h.channels
         hidden_size, depth, num_heads = SIZES[h.size] if h.size else (h.hidden_size, h.depth, h.num_heads)
         if h.vae is not None:
             self.vae = load_vae(h.vae)
-            if self.vae.config.in_channels != data.channels:
+            if self.vae.config.in_channels != h.channels:
                 raise MoezooError(f"model.vae: {h.vae} reads {self.vae.config.in_channels}-channel images but the "
-                                  f"data has {data.channels} channels")
-            sample_size = data.image_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
+                                  f"data has {h.channels} channels")
+            sample_size = h.image_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
             channels = self.vae.config.latent_channels
         self.model = MoEDiT(sample_size=sample_size, patch_size=h.patch_size, in_channels=channels,
                             hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=h.mlp_ratio,
-                            num_classes=data.num_classes, class_dropout_prob=h.class_dropout_prob,
+                            num_classes=h.num_classes, class_dropout_prob=h.class_dropout_prob,
                             routing=h.routing, num_experts=h.num_experts, top_k=h.top_k,
                             capacity_factor=h.capacity_factor, moe_every=h.moe_every,
                             balance_loss_weight=h.balance_loss_weight,
@@ -173,7 +179,10 @@ class DiTTask(TaskModule):
         self._test_images, self._test_labels = [], []
 
     def on_test_epoch_end(self):
-        classifier, _ = load_or_train_classifier(self.trainer.datamodule)
+        if self.fid_classifier is None:
+            raise MoezooError("test needs the FID-cls classifier of the training images: run it through the moezoo "
+                              "CLI with the data module (data.fid_classifier), or pass model.fid_classifier")
+        classifier, _ = self.fid_classifier()
         classifier = classifier.to(self.device)
         classes = self.model.config.num_classes
         labels = torch.arange(classes, device=self.device).repeat_interleave(self.hparams.samples_per_class)

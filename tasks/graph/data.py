@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
 import torch_geometric.transforms as T
@@ -28,6 +27,7 @@ from torch_geometric.data import Data
 from torch_geometric.utils import degree, to_undirected
 
 from moezoo.errors import MoezooError
+from moezoo.training.data import SplitDataModule
 
 PLANETOID = ("cora", "citeseer", "pubmed")
 PLANETOID_FILES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
@@ -75,6 +75,8 @@ def read_heterophilous_npz(path: Path, split: int) -> Data:
 
 
 class _WholeGraph(torch.utils.data.Dataset):
+    """A dataset of one item: the whole graph."""
+
     def __init__(self, data: Data):
         self.data = data
 
@@ -85,14 +87,16 @@ class _WholeGraph(torch.utils.data.Dataset):
         return self.data
 
 
-class GraphData(L.LightningDataModule):
-    """A node-classification graph as one full batch.
+class GraphData(SplitDataModule):
+    """A node-classification graph as one full batch (the same batch for every stage: the masks pick the nodes).
 
     Args:
         root: folder holding the data (see the module docstring); None uses the embedded Cora.
         name: ``Cora``/``CiteSeer``/``PubMed`` (Planetoid) or the npz stem (``minesweeper``, ``tolokers``, ...).
         split: which of an npz's fixed splits (0..9); Planetoid uses its public split.
-        normalize_features: row-normalise features to sum 1 (the usual choice for Planetoid bag-of-words).
+        normalize_features: row-normalise features to sum 1 with PyG's ``NormalizeFeatures`` (the usual choice
+            for Planetoid bag-of-words; it first shifts all features by their minimum, and leaves a row whose sum
+            is below 1 as it is). Default: on for Planetoid, off for the npz sets.
         metric: ``acc``, ``roc_auc`` or ``auto`` (ROC-AUC for two-class data, accuracy otherwise).
     """
 
@@ -121,11 +125,13 @@ class GraphData(L.LightningDataModule):
         else:
             data = read_heterophilous_npz(self.root / f"{self.name}.npz", self.split)
         if self.normalize_features:
-            data.x = data.x / data.x.sum(-1, keepdim=True).clamp_min(1e-12)
+            data = T.NormalizeFeatures()(data)
         data.degree = degree(data.edge_index[1], data.num_nodes)
         with warnings.catch_warnings():  # torch's one-time "sparse CSR is beta" notices, not the user's concern
             warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
             self.data = T.ToSparseTensor(remove_edge_index=False)(data)
+        whole = _WholeGraph(self.data)
+        self.splits = {"train": whole, "val": whole, "test": whole}
 
     @property
     def num_features(self) -> int:
@@ -148,18 +154,6 @@ class GraphData(L.LightningDataModule):
         """The validation metric that picks the best checkpoint."""
         return f"val/{self.metric}"
 
-    def _loader(self) -> DataLoader:
-        self.setup()
-        return DataLoader(_WholeGraph(self.data), batch_size=None)
-
-    def train_dataloader(self):
-        return self._loader()
-
-    def val_dataloader(self):
-        return self._loader()
-
-    def test_dataloader(self):
-        return self._loader()
-
-    def predict_dataloader(self):
-        return self._loader()
+    def make_loader(self, dataset, shuffle: bool) -> DataLoader:
+        """The whole graph as the one batch of every loader (never shuffled)."""
+        return DataLoader(dataset, batch_size=None)

@@ -18,13 +18,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch_geometric.nn.models import GAT, GCN, GIN, MLP, GraphSAGE
-from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy
 
+from moezoo.errors import MoezooError
 from moezoo.training import TaskModule
 
 GNNS = {"gcn": GCN, "sage": GraphSAGE, "gat": GAT, "gin": GIN}
 EXPERTS = ("mlp", *GNNS)
 DEGREE_BUCKETS = (0, 2, 4, 8, 16, 32)  # bucket b holds nodes with DEGREE_BUCKETS[b] <= degree < DEGREE_BUCKETS[b+1]
+DEGREE_BUCKET_NAMES = [f"{low}-{high - 1}" for low, high in zip(DEGREE_BUCKETS, DEGREE_BUCKETS[1:])] + [
+    f"{DEGREE_BUCKETS[-1]}+"]
 
 
 def build_expert(kind: str, in_channels: int, hidden: int, out_channels: int, num_layers: int, dropout: float):
@@ -53,25 +56,34 @@ def expert_logits(expert, data):
 class GraphTask(TaskModule):
     """Full-batch node classification: metrics on the split masks, lazy build from the data's sizes.
 
-    The experts are built in ``configure_model`` from the datamodule's ``num_features`` / ``num_classes`` unless
-    both are given. Optimiser: Adam with L2 weight decay (the usual GNN setup), no schedule.
+    Routing (Mowst's confidence) is counted by node class and in-degree bucket (``DEGREE_BUCKET_NAMES``).
+
+    The experts are built from ``num_features`` / ``num_classes``, and ``metric`` (acc or roc_auc) picks the best
+    checkpoint; under the CLI all three come from the data module (linked). Optimiser: Adam with L2 weight decay (the
+    usual GNN setup), no schedule.
     """
 
-    monitor = "val/acc"
     monitor_mode = "max"
+    routing_label_names = {"degree": DEGREE_BUCKET_NAMES}
 
     def __init__(self, hidden: int, num_layers: int, dropout: float, lr: float, weight_decay: float,
-                 num_features: int | None, num_classes: int | None):
+                 num_features: int | None, num_classes: int | None, metric: str | None = None):
         super().__init__(lr=lr, weight_decay=weight_decay, cosine=False)
         self.hidden, self.num_layers, self.dropout = hidden, num_layers, dropout
+        self.metric = metric or "acc"
         self.built = False
         if num_features is not None and num_classes is not None:
             self._build(num_features, num_classes)
 
+    @property
+    def monitor(self) -> str:
+        """The validation metric that picks the best checkpoint: the data's (``acc``, or ``roc_auc`` for 2 classes)."""
+        return f"val/{self.metric}"
+
     def configure_model(self) -> None:
         if not self.built:
-            data = self.trainer.datamodule
-            self._build(data.num_features, data.num_classes)
+            raise MoezooError("model.init_args.num_features and num_classes are not set: run through the moezoo CLI "
+                              "(they come from the data module) or pass them")
 
     def _build(self, num_features: int, num_classes: int) -> None:
         self.hparams.update(num_features=num_features, num_classes=num_classes)
@@ -82,6 +94,16 @@ class GraphTask(TaskModule):
     def build(self, num_features: int, num_classes: int) -> None:
         raise NotImplementedError
 
+    def routing_labels(self, data, stage):
+        """Count the routing by node class and in-degree bucket over the stage's nodes (others: -1, not counted)."""
+        mask = getattr(data, f"{stage}_mask")
+        labels = {"class": torch.where(mask, data.y, -1)}
+        if "degree" in data:
+            bucket = torch.bucketize(data.degree, torch.tensor(DEGREE_BUCKETS[1:], device=data.degree.device),
+                                     right=True)
+            labels["degree"] = torch.where(mask, bucket, -1)
+        return labels
+
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
@@ -89,7 +111,8 @@ class GraphTask(TaskModule):
         """Accuracy (and ROC-AUC for two classes) of probs [N, C] on the stage's mask."""
         mask = getattr(data, f"{stage}_mask")
         y = data.y[mask]
-        metrics = {f"{stage}/acc": (probs[mask].argmax(-1) == y).float().mean()}
+        accuracy = multiclass_accuracy(probs[mask], y, num_classes=probs.shape[-1], average="micro")
+        metrics = {f"{stage}/acc": accuracy}
         if self.num_classes == 2:
             metrics[f"{stage}/roc_auc"] = binary_auroc(probs[mask, 1], y)
         return metrics
@@ -101,11 +124,11 @@ class NodeClassifier(GraphTask):
     def __init__(self, expert: Literal["mlp", "gcn", "sage", "gat", "gin"] = "gcn", hidden: int = 64,
                  num_layers: int = 2, dropout: float = 0.5,
                  lr: float = 0.01, weight_decay: float = 5e-4, num_features: int | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, metric: Literal["acc", "roc_auc"] | None = None):
         if expert not in EXPERTS:
             raise ValueError(f"unknown expert {expert!r}; valid: {', '.join(EXPERTS)}")
         self.expert = expert
-        super().__init__(hidden, num_layers, dropout, lr, weight_decay, num_features, num_classes)
+        super().__init__(hidden, num_layers, dropout, lr, weight_decay, num_features, num_classes, metric)
         self.save_hyperparameters()
 
     def build(self, num_features, num_classes):

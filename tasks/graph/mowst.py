@@ -8,8 +8,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from moezoo.moe import Routing, RoutingRecord
+
 from .confidence import DispersionConfidence, DispersionGate, LearnedConfidence
-from .model import DEGREE_BUCKETS, GNNS, GraphTask, build_expert, expert_logits
+from .model import GNNS, GraphTask, build_expert, expert_logits
 
 
 def mowst_loss(conf: torch.Tensor, weak_logits: torch.Tensor, strong_logits: torch.Tensor, y: torch.Tensor):
@@ -58,7 +60,7 @@ class Mowst(GraphTask):
                  round_patience: int = 3, inference: Literal["expected", "sampled"] = "expected",
                  num_draws: int = 50, hidden: int = 64, num_layers: int = 2, dropout: float = 0.5,
                  lr: float = 0.01, weight_decay: float = 5e-4, num_features: int | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, metric: Literal["acc", "roc_auc"] | None = None):
         for key, value, valid in (("strong", strong, tuple(GNNS)),
                                   ("confidence", confidence, ("variance", "entropy", "learned")),
                                   ("star_loss", star_loss, ("joint", "separate")),
@@ -72,7 +74,7 @@ class Mowst(GraphTask):
         self.pretrain, self.pretrain_epochs = pretrain, pretrain_epochs
         self.phase_patience, self.round_patience = phase_patience, round_patience
         self.inference, self.num_draws = inference, num_draws
-        super().__init__(hidden, num_layers, dropout, lr, weight_decay, num_features, num_classes)
+        super().__init__(hidden, num_layers, dropout, lr, weight_decay, num_features, num_classes, metric)
         self.save_hyperparameters()
         self.automatic_optimization = star  # Mowst alternates two optimisers by hand
         self.phase = {"name": first_phase, "best": -math.inf, "since": 0, "round_best": -math.inf,
@@ -88,6 +90,9 @@ class Mowst(GraphTask):
             self.gate = LearnedConfidence(self.hidden)
         else:
             self.gate = DispersionConfidence(self.confidence_kind, self.alpha)
+        # the gate routes each node to the weak (expert 0, weight C) or the strong expert (1, weight 1 - C): its
+        # record gives Mowst the core's routing statistics (load, and by class and degree in val/test)
+        self.gate.record = RoutingRecord()
 
     # -- the model ------------------------------------------------------------------------------------------------
     def weak_forward(self, data):
@@ -152,6 +157,7 @@ class Mowst(GraphTask):
     def predictions(self, data):
         """(expected mixture probs [N, C], list of sampled probs, confidence C [N])."""
         weak_logits, strong_logits, conf = self(data)
+        self.gate.record.add(Routing.from_weights(torch.stack([conf, 1 - conf], -1)), training=False)
         weak_probs, strong_probs = weak_logits.softmax(-1), strong_logits.softmax(-1)
         generator = torch.Generator(device=conf.device).manual_seed(0)
         draws = []
@@ -169,35 +175,16 @@ class Mowst(GraphTask):
                                else (sampled_metrics, expected_metrics, "_expected"))
         self.log_dict(main, batch_size=1, prog_bar=stage == "val")
         self.log_dict({k + suffix: v for k, v in other.items()}, batch_size=1)
-        self._log_routing(conf, data, stage)
         mask = getattr(data, f"{stage}_mask")
         loss = F.nll_loss(expected[mask].clamp_min(1e-12).log(), data.y[mask])
         self.log(f"{stage}/loss", loss, batch_size=1)
         if stage == "val":
-            monitor = getattr(self.trainer.datamodule, "monitor", self.monitor) if self._trainer else self.monitor
-            self._val_score = float(main.get(monitor, main["val/acc"]))
+            self._val_score = float(main.get(self.monitor, main["val/acc"]))
         return loss
-
-    def _log_routing(self, conf, data, stage):
-        """Share of nodes the weak expert takes (mean C) on the stage's nodes, per class and per degree bucket."""
-        mask = getattr(data, f"{stage}_mask")
-        c, y = conf[mask], data.y[mask]
-        values = {f"moe/mowst/{stage}/weak_share": c.mean()}
-        for k in range(self.num_classes):
-            if (y == k).any():
-                values[f"moe/mowst/{stage}/weak_share_class{k}"] = c[y == k].mean()
-        deg = data.degree[mask] if "degree" in data else None
-        if deg is not None:
-            edges = (*DEGREE_BUCKETS, math.inf)
-            for low, high in zip(edges[:-1], edges[1:]):
-                inside = (deg >= low) & (deg < high)
-                if inside.any():
-                    name = f"{low}+" if high == math.inf else f"{low}-{int(high) - 1}"
-                    values[f"moe/mowst/{stage}/weak_share_degree{name}"] = c[inside].mean()
-        self.log_dict(values, batch_size=1)
 
     # -- the alternating schedule ---------------------------------------------------------------------------------
     def on_validation_epoch_end(self):
+        super().on_validation_epoch_end()
         if self.star or self.trainer.sanity_checking or not hasattr(self, "_val_score"):
             return
         state, score = self.phase, self._val_score

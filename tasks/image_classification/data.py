@@ -13,17 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import transforms
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from moezoo.errors import MoezooError
+from moezoo.training.data import SplitDataModule, image_folder, load_digits_images, stratified_split
 
 
 class _Augmented(Dataset):
@@ -40,35 +35,7 @@ class _Augmented(Dataset):
         return self.transform(image), label
 
 
-class _CheckedImageFolder(ImageFolder):
-    """ImageFolder whose unreadable files fail with the file's path."""
-
-    def __getitem__(self, i):
-        try:
-            return super().__getitem__(i)
-        except (OSError, UnidentifiedImageError) as err:
-            raise MoezooError(f"cannot read image {self.samples[i][0]}: {err}") from None
-
-
-def _image_folder(root: Path, transform, check: bool) -> ImageFolder:
-    try:
-        folder = _CheckedImageFolder(str(root), transform=transform, allow_empty=True)
-    except FileNotFoundError:
-        raise MoezooError(f"data.root: {root} has no class sub-folders (expected {root}/<class>/<image>)") from None
-    if not folder.samples:
-        raise MoezooError(f"data.root: no images in {root} (looked for {', '.join(IMG_EXTENSIONS)} files "
-                          f"in {root}/<class>/)")
-    if check:
-        for path, _ in folder.samples:
-            try:
-                with Image.open(path) as image:
-                    image.verify()
-            except Exception as err:  # PIL raises many types for a damaged file
-                raise MoezooError(f"cannot read image {path}: {err}") from None
-    return folder
-
-
-class ImageClassificationData(L.LightningDataModule):
+class ImageClassificationData(SplitDataModule):
     """Digits (default) or an ImageFolder tree, as (image [C, H, W], label) batches.
 
     Args:
@@ -90,34 +57,20 @@ class ImageClassificationData(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.augment, self.check_images = augment, check_images
-        self.num_classes: int | None = None
+        self._num_classes: int | None = None
         self.classes: list[str] = []
-        self.splits: dict[str, Dataset] = {}
+        self.splits: dict[str, Dataset] | None = None
         if self.root is None:
-            self.num_classes, self.classes = 10, [str(d) for d in range(10)]
+            self._num_classes, self.classes = 10, [str(d) for d in range(10)]
 
     # -- splits ---------------------------------------------------------------------------------------------------
-    def _split_indices(self, labels: np.ndarray) -> dict[str, np.ndarray]:
-        index = np.arange(len(labels))
-        held_out = self.val_fraction + self.test_fraction
-        train, rest = train_test_split(index, test_size=held_out, stratify=labels, random_state=self.split_seed)
-        val, test = train_test_split(rest, test_size=self.test_fraction / held_out, stratify=labels[rest],
-                                     random_state=self.split_seed)
-        return {"train": train, "val": val, "test": test}
+    def _subsets(self, dataset: Dataset, labels) -> dict[str, Dataset]:
+        indices = stratified_split(labels, self.val_fraction, self.test_fraction, self.split_seed)
+        return {name: Subset(dataset, idx.tolist()) for name, idx in indices.items()}
 
     def _digits(self) -> dict[str, Dataset]:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        images = (images - 0.5) / 0.5
-        if self.img_size != 8:
-            images = torch.nn.functional.interpolate(images, size=self.img_size, mode="bilinear", align_corners=False)
-        if self.in_chans == 3:
-            images = images.expand(-1, 3, -1, -1).contiguous()
-        labels = torch.tensor(digits.target, dtype=torch.long)
-        full = TensorDataset(images, labels)
-        return {name: Subset(full, idx.tolist()) for name, idx in self._split_indices(digits.target).items()}
+        images, labels = load_digits_images(self.img_size, self.in_chans)
+        return self._subsets(TensorDataset(images, labels), labels.numpy())
 
     def _folders(self) -> dict[str, Dataset]:
         to_tensor = transforms.Compose([
@@ -130,22 +83,28 @@ class ImageClassificationData(L.LightningDataModule):
         if "train" in given:
             if "val" not in given:
                 raise MoezooError(f"data.root: {self.root} has train/ but no val/ folder")
-            splits = {name: _image_folder(path, to_tensor, self.check_images) for name, path in given.items()}
+            splits = {name: image_folder(path, to_tensor, self.check_images) for name, path in given.items()}
             classes = splits["train"].classes
             for name, folder in splits.items():
                 if folder.classes != classes:
                     raise MoezooError(f"data.root: classes of {given[name]} ({folder.classes}) differ from those "
                                       f"of {given['train']} ({classes})")
         else:
-            full = _image_folder(self.root, to_tensor, self.check_images)
+            full = image_folder(self.root, to_tensor, self.check_images)
             classes = full.classes
-            indices = self._split_indices(np.asarray(full.targets))
-            splits = {name: Subset(full, idx.tolist()) for name, idx in indices.items()}
-        self.classes, self.num_classes = list(classes), len(classes)
+            splits = self._subsets(full, np.asarray(full.targets))
+        self.classes, self._num_classes = list(classes), len(classes)
         return splits
 
+    @property
+    def num_classes(self) -> int:
+        """The number of classes (of the folder tree: read on first use); linked to the model's ``num_classes``."""
+        if self._num_classes is None:
+            self.setup()
+        return self._num_classes
+
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if self.splits is not None:
             return
         # checked here, not in __init__: LightningCLI would wrap an error raised while instantiating
         if self.in_chans not in (1, 3):
@@ -158,31 +117,8 @@ class ImageClassificationData(L.LightningDataModule):
             splits["train"] = _Augmented(splits["train"], jitter)
         self.splits = splits
 
-    # -- loaders --------------------------------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        self.setup()
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val", shuffle=False)
-
+    # -- loaders (SplitDataModule's, with the folder-specific error of a tree without test/) ----------------------
     def test_dataloader(self):
-        if "test" not in self._splits_or_setup():
+        if not self.has_test:
             raise MoezooError(f"data.root: {self.root} has no test/ folder; run `moezoo test` with a test split")
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self):
-        return self._loader("test" if "test" in self._splits_or_setup() else "val", shuffle=False)
-
-    @property
-    def has_test(self) -> bool:
-        """Whether there is a test split (``moezoo fit`` tests the best checkpoint on it at the end)."""
-        return "test" in self._splits_or_setup()
-
-    def _splits_or_setup(self) -> dict[str, Dataset]:
-        self.setup()
-        return self.splits
+        return super().test_dataloader()

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from moezoo.backbones import moe_vit
-from moezoo.errors import MoezooError
 from moezoo.moe import MoEArgs
 from moezoo.training import TaskModule
 
@@ -16,7 +15,8 @@ class ImageClassifier(TaskModule):
     """MoE-ViT classifier. Loss: CE(logits, y) (+ the routers' aux losses); metric: top-1 accuracy.
 
     The backbone arguments are timm's (``img_size``, ``patch_size``, ``embed_dim``, ...); ``moe`` configures the MoE
-    FFN placed in every ``moe_every``-th block.
+    FFN placed in every ``moe_every``-th block. Under the CLI ``num_classes``, ``img_size`` and ``in_chans`` come from
+    the data module (linked), so an image folder of any number of classes needs no model flag.
     """
 
     monitor = "val/acc"
@@ -51,14 +51,6 @@ class ImageClassifier(TaskModule):
                            drop_path_rate=drop_path_rate, global_pool="avg", class_token=False)
         self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(num_classes, average="micro")
                                                        for _ in range(3))
-
-    def setup(self, stage: str) -> None:
-        data = self.trainer.datamodule if self._trainer is not None else None
-        for key in ("num_classes", "in_chans", "img_size"):
-            expected = getattr(data, key, None)
-            if expected is not None and expected != getattr(self, key):
-                raise MoezooError(f"model.init_args.{key}={getattr(self, key)} but the data has {key}={expected}; "
-                                  f"set --model.init_args.{key}={expected}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

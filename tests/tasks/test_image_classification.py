@@ -33,6 +33,24 @@ def test_digits_resize_and_rgb():
     assert data.splits["train"][0][0].shape == (3, 16, 16)
 
 
+def test_a_tree_with_train_and_val_folders_predicts_on_val_and_has_no_test(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from moezoo.errors import MoezooError
+
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8), 60 * i, dtype=np.uint8)).save(tmp_path / split / c / f"{i}.png")
+    data = ImageClassificationData(root=str(tmp_path), augment=False, batch_size=2)
+    assert not data.has_test and data.num_classes == 2 and len(data.splits["val"]) == 6
+    assert sum(len(labels) for _, labels in data.predict_dataloader()) == 6, "predict runs over val"
+    with pytest.raises(MoezooError, match=f"data.root: {tmp_path} has no test/ folder"):
+        data.test_dataloader()
+
+
 def test_classifier_is_an_moe_vit_with_moe_in_every_second_block():
     model = ImageClassifier(embed_dim=32, depth=2, num_heads=2)
     assert [name for name, _ in moe_layers(model)] == ["net.blocks.1.mlp.moe"]

@@ -26,8 +26,14 @@ def test_every_ctr_variant_trains_on_the_generator_and_reports_auc_per_task_and_
         assert 0.0 <= metrics[f"test/auc_{name}"] <= 1.0
         assert metrics[f"test/logloss_{name}"] > 0
         assert any(k.startswith("test/domain_") and k.endswith(f"auc_{name}") for k in metrics)
-    usage = {k: v for k, v in metrics.items() if k.startswith("usage/")}
-    assert usage, "expert usage over the test set"
+    # the core's load by label: every gate's usage over the test set sums to 1 over its experts
+    gates = {k.rsplit("/", 1)[0] for k in metrics if k.startswith("test/routing/") and "/load_e" in k}
+    assert gates, "expert usage over the test set"
+    for gate in gates:
+        assert sum(v for k, v in metrics.items() if k.startswith(f"{gate}/load_e")) == pytest.approx(1.0, abs=1e-4)
+    if task == "ctr/adaptdhm":  # clusters see every domain: their usage per domain, and its NMI with the cluster
+        assert 0 <= metrics["test/routing/domain_nmi"] <= 1
+        assert any(k.startswith("test/routing/net.adaptation/domain=") for k in metrics)
     assert "best-epoch" in metrics["best_model_path"]
 
 

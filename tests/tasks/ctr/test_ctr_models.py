@@ -1,4 +1,5 @@
-"""CTR models against their equations on small tensors: stacked experts, MMoE, PLE, HoME's mask and gates, AdaptDHM."""
+"""CTR models against their equations on small tensors: MMoE, PLE, HoME's mask and gates, AdaptDHM (the stacked expert
+banks themselves are tested in tests/moe/test_experts.py)."""
 
 import numpy as np
 import pytest
@@ -6,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from moezoo.kernels import grouped_mm, sort_by_expert
+from moezoo.moe import StackedMLP
 from moezoo.tasks.ctr.adaptdhm import AdaptDHMNet, ClusterNetworks, DistributionAdaptation
-from moezoo.tasks.ctr.experts import StackedMLP
 from moezoo.tasks.ctr.home import FeatureGate, HoMENet, SelfGate
 from moezoo.tasks.ctr.metrics import gauc
 from moezoo.tasks.ctr.mmoe import MMoENet
@@ -16,6 +18,7 @@ from moezoo.tasks.ctr.ple import PLENet
 
 def _expert(mlp: StackedMLP, e: int, x: torch.Tensor) -> torch.Tensor:
     """Expert e of a StackedMLP computed alone (Linear layers, ReLU/Swish, eval-mode BN)."""
+    act = {"relu": F.relu, "silu": F.silu}[mlp.activation]
     h = x
     for layer, (w, b) in enumerate(zip(mlp.weights, mlp.biases)):
         h = h @ w[e] + b[e, 0]
@@ -25,30 +28,24 @@ def _expert(mlp: StackedMLP, e: int, x: torch.Tensor) -> torch.Tensor:
             bn, width = mlp.norms[layer], w.shape[-1]
             sl = slice(e * width, (e + 1) * width)
             h = (h - bn.running_mean[sl]) / torch.sqrt(bn.running_var[sl] + bn.eps) * bn.weight[sl] + bn.bias[sl]
-        h = F.silu(h) if mlp.activation == "swish" else F.relu(h)
+        h = act(h)
     return h
 
 
-@pytest.mark.parametrize("batch_norm,activation", [(False, "relu"), (True, "swish")])
-def test_stacked_experts_equal_each_expert_computed_alone(batch_norm, activation):
-    torch.manual_seed(0)
-    mlp = StackedMLP(3, 5, [4, 6], activation=activation, batch_norm=batch_norm).eval()
-    if batch_norm:
-        for bn in mlp.norms:
-            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
-    x = torch.randn(7, 5)
-    shared, private = mlp(x), mlp(torch.randn(3, 7, 5).copy_(x.expand(3, 7, 5)))
-    for e in range(3):
-        torch.testing.assert_close(shared[e], _expert(mlp, e, x))
-    torch.testing.assert_close(private, shared)
+@pytest.mark.parametrize("net", [MMoENet, PLENet])
+def test_an_old_config_with_activation_swish_builds_the_same_model_as_silu(net):
+    v, domain = torch.randn(8, 6), torch.zeros(8, dtype=torch.long)
+    outputs = []
+    for name in ("swish", "silu"):
+        torch.manual_seed(0)
+        outputs.append(net(6, ["a", "b"], ["all"], activation=name, batch_norm=True).eval()(v, domain))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
 
 
-def test_expert_batch_norm_normalises_each_expert_on_its_own_in_training():
-    torch.manual_seed(0)
-    mlp = StackedMLP(2, 3, [4], activation="none", batch_norm=True).train()
-    h = mlp(torch.randn(256, 3) * 5 + 3)
-    torch.testing.assert_close(h.mean(1), torch.zeros(2, 4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(h.var(1, unbiased=False), torch.ones(2, 4), atol=1e-3, rtol=0)
+def test_home_experts_are_swish_of_batch_norm_per_expert():
+    net = HoMENet(6, ["a", "b"], ["all"])
+    for bank in (net.meta_experts, net.task_experts):
+        assert bank.activation == "silu" and bank.norms is not None and not bank.output_layer
 
 
 def _gate_weights(domain_gates, x, domain=0):
@@ -203,14 +200,76 @@ def test_cluster_networks_use_shared_times_specific_weights_per_cluster():
     with torch.no_grad():
         for p in nets.parameters():
             p.normal_()
+    bank = nets.bank
     v, cluster = torch.randn(9, 5), torch.tensor([2, 0, 1, 1, 2, 0, 0, 2, 1])
     out = nets(v, cluster)
     for b in range(9):
         k = cluster[b]
-        h = v[b] @ (nets.shared_weights[0] * nets.cluster_weights[0][k])
-        h = F.relu(h + nets.shared_biases[0] + nets.cluster_biases[0][k])
-        h = h @ (nets.shared_weights[1] * nets.cluster_weights[1][k])
-        torch.testing.assert_close(out[b], h + nets.shared_biases[1] + nets.cluster_biases[1][k])
+        h = v[b] @ (bank.shared_weights[0] * bank.weights[0][k])
+        h = F.relu(h + bank.shared_biases[0] + bank.biases[0][k])
+        h = h @ (bank.shared_weights[1] * bank.weights[1][k])
+        torch.testing.assert_close(out[b], h + bank.shared_biases[1] + bank.biases[1][k])
+
+
+class _ClusterNetworksBeforeTheCoreBank(torch.nn.Module):
+    """ClusterNetworks as it was before it ran through the core routed bank (its own grouped_mm calls)."""
+
+    def __init__(self, num_clusters, in_dim, hidden, out_dim, dropout=0.0):
+        super().__init__()
+        dims = [in_dim, *hidden, out_dim]
+        self.num_clusters = num_clusters
+        self.shared_weights = torch.nn.ParameterList(torch.nn.Parameter(torch.empty(i, o))
+                                                     for i, o in zip(dims, dims[1:]))
+        self.shared_biases = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(o)) for o in dims[1:])
+        self.cluster_weights = torch.nn.ParameterList(torch.nn.Parameter(torch.ones(num_clusters, i, o))
+                                                      for i, o in zip(dims, dims[1:]))
+        self.cluster_biases = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros(num_clusters, o))
+                                                     for o in dims[1:])
+        for w in self.shared_weights:
+            torch.nn.init.xavier_uniform_(w)
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, v, cluster):
+        order, offsets = sort_by_expert(cluster, self.num_clusters)
+        rows = cluster[order]
+        h = v[order]
+        last = len(self.shared_weights) - 1
+        for layer in range(last + 1):
+            weight = self.shared_weights[layer] * self.cluster_weights[layer]
+            bias = self.shared_biases[layer] + self.cluster_biases[layer][rows]
+            h = grouped_mm(h, weight, offsets) + bias
+            if layer < last:
+                h = self.dropout(F.relu(h))
+        return h.new_empty(h.shape).index_copy(0, order, h)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_cluster_networks_through_the_core_bank_equal_the_old_ones_in_init_output_and_gradients(training):
+    torch.manual_seed(0)
+    old = _ClusterNetworksBeforeTheCoreBank(4, 6, [5, 3], 2, dropout=0.3).train(training)
+    torch.manual_seed(0)
+    new = ClusterNetworks(4, 6, [5, 3], 2, dropout=0.3).train(training)
+    pairs = [(new.bank.shared_weights, old.shared_weights), (new.bank.weights, old.cluster_weights),
+             (new.bank.shared_biases, old.shared_biases), (new.bank.biases, old.cluster_biases)]
+    for new_params, old_params in pairs:  # the same init, from the same random draws
+        for a, b in zip(new_params, old_params, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.normal_()
+    new.load_state_dict(old.state_dict())  # an old checkpoint loads under the new names
+    v = torch.randn(11, 6)
+    cluster = torch.tensor([3, 0, 0, 1, 3, 0, 1, 1, 3, 0, 3])  # cluster 2 is empty
+    torch.manual_seed(1)
+    out_old = old(v, cluster)
+    torch.manual_seed(1)
+    out_new = new(v, cluster)
+    torch.testing.assert_close(out_new, out_old, rtol=0, atol=0)
+    out_old.square().sum().backward()
+    out_new.square().sum().backward()
+    for new_params, old_params in pairs:
+        for a, b in zip(new_params, old_params, strict=True):
+            torch.testing.assert_close(a.grad, b.grad)
 
 
 def test_gauc_is_the_impression_weighted_mean_of_per_user_auc_over_users_with_both_classes():

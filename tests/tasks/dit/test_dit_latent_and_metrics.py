@@ -11,9 +11,9 @@ from scipy import linalg
 
 from moezoo.cli import main
 from moezoo.errors import MoezooError
+from moezoo.moe import load_by_label
 from moezoo.tasks.dit import MoEDiT
 from moezoo.tasks.dit.fid import FeatureClassifier, fid_cls, frechet_distance, inception_fid
-from moezoo.moe import load_by_label
 from moezoo.tasks.dit.specialisation import route_over_timesteps
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -45,8 +45,7 @@ def test_latent_dit_trains_on_the_vaes_latents_and_decodes_its_samples(tmp_path)
     assert not any(k.startswith("vae.") for k in checkpoint["state_dict"]), "the frozen VAE stays out of checkpoints"
     from moezoo.tasks.dit import DiTTask
 
-    task = DiTTask(routing="token_choice", vae=str(tmp_path / "vae"))
-    task._trainer = mock.Mock(datamodule=mock.Mock(image_size=16, channels=1, num_classes=10))
+    task = DiTTask(routing="token_choice", vae=str(tmp_path / "vae"), image_size=16, channels=1, num_classes=10)
     task.configure_model()
     assert task.model.config.in_channels == 4 and task.model.config.sample_size == 8
     images = torch.rand(2, 1, 16, 16) * 2 - 1
@@ -130,8 +129,7 @@ def test_load_tables_count_every_assignment_by_timestep_bin_and_by_class():
 def test_size_presets_give_the_dit_s_shape():
     from moezoo.tasks.dit import DiTTask
 
-    task = DiTTask(routing="promoe", size="S", num_experts=4)
-    task._trainer = mock.Mock(datamodule=mock.Mock(image_size=16, channels=1, num_classes=10))
-    task.configure_model()
+    task = DiTTask(routing="promoe", size="S", num_experts=4, image_size=16, channels=1, num_classes=10)
+    task.configure_model()  # built from its own arguments: no trainer, no data module
     config = task.model.config
     assert (config.hidden_size, config.depth, config.num_heads) == (384, 12, 6)

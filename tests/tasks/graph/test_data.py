@@ -27,6 +27,34 @@ def test_embedded_cora_is_the_public_planetoid_split():
     assert data.monitor == "val/acc"
 
 
+def test_pyg_normalize_features_gives_cora_the_row_sums_of_one_of_dividing_by_the_row_sum():
+    import torch
+
+    from moezoo.tasks.graph.data import EMBEDDED_CORA, read_planetoid
+
+    raw = read_planetoid(EMBEDDED_CORA, "cora").x
+    by_hand = raw / raw.sum(-1, keepdim=True).clamp_min(1e-12)
+    assert torch.equal(_setup().data.x, by_hand)
+    assert torch.equal(_setup(normalize_features=False).data.x, raw)
+
+
+def test_graph_accuracy_is_the_share_of_masked_nodes_whose_argmax_is_the_label():
+    """GraphTask.metrics (torchmetrics' micro multiclass accuracy), scored on the stage's mask of the graph."""
+    import torch
+
+    from moezoo.tasks.graph.model import NodeClassifier
+
+    g = _setup().data
+    task = NodeClassifier("mlp", num_features=g.num_features, num_classes=7)
+    probs = torch.softmax(torch.randn(g.num_nodes, 7, generator=torch.Generator().manual_seed(0)), -1)
+    for stage in ("train", "val", "test"):
+        mask = getattr(g, f"{stage}_mask")
+        expected = (probs[mask].argmax(-1) == g.y[mask]).float().mean()
+        assert task.metrics(probs, g, stage)[f"{stage}/acc"] == pytest.approx(float(expected), abs=1e-7)
+    perfect = torch.nn.functional.one_hot(g.y, 7).float()
+    assert float(task.metrics(perfect, g, "test")["test/acc"]) == 1.0
+
+
 @pytest.mark.skipif(not (SHARED / "Cora").is_dir(), reason="shared data not present")
 def test_planetoid_root_reads_the_raw_files_without_writing(tmp_path):
     root = tmp_path / "graphs"

@@ -20,9 +20,14 @@ def test_mowst_fits_on_embedded_cora_and_tests_again_from_its_checkpoint(tmp_pat
     main(["fit", "--task", "graph/mowst-gcn", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs",
           "12", "--model.init_args.phase_patience", "3", *QUIET])
     fit = _metrics(tmp_path)
-    assert {"test/acc", "test/acc_sampled", "moe/mowst/test/weak_share", "train/phase_is_weak"} <= fit.keys()
-    assert any(k.startswith("moe/mowst/test/weak_share_degree") for k in fit)
-    assert any(k.startswith("moe/mowst/test/weak_share_class") for k in fit)
+    assert {"test/acc", "test/acc_sampled", "train/phase_is_weak"} <= fit.keys()
+    # the core's load by label: the weak expert's share (e0, mass of C) per class and degree bucket of test nodes
+    weak, strong = fit["test/routing/gate/load_e0"], fit["test/routing/gate/load_e1"]
+    assert 0 <= weak <= 1 and weak + strong == pytest.approx(1.0)
+    per_class = [fit[f"test/routing/gate/class={c}/e0"] for c in range(7)]  # Cora's 7 classes
+    assert min(per_class) <= weak <= max(per_class)
+    assert 0 <= fit["test/routing/class_nmi"] <= 1 and 0 <= fit["test/routing/degree_nmi"] <= 1
+    assert "test/routing/gate/degree=0-1/e0" in fit and "test/routing/gate/degree=32+/e1" in fit
     main(["test", "--task", "graph/mowst-gcn", "--trainer.default_root_dir", str(tmp_path),
           "--ckpt_path", fit["best_model_path"], *QUIET])
     assert _metrics(tmp_path)["test/acc"] == pytest.approx(fit["test/acc"], abs=1e-6)
