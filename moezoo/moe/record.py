@@ -22,7 +22,14 @@ TOTAL = "*"  # the label table of every counted assignment, whatever its labels:
 
 
 def in_backward() -> bool:
-    """True while autograd runs a backward pass, e.g. when activation checkpointing recomputes a forward."""
+    """True while autograd runs a backward pass, e.g. when activation checkpointing recomputes a forward.
+
+    False while torch.compile traces: the traced Python runs once, for the forward; a recomputation inside a compiled
+    region replays the graph, not the Python, so it cannot record twice. (Asking autograd for its graph task would
+    be a graph break: it returns an int, not a tensor.)
+    """
+    if torch.compiler.is_compiling():
+        return False
     return torch._C._current_graph_task_id() != -1
 
 
@@ -68,7 +75,7 @@ class RoutingRecord:
             if training:
                 self.load_total = counts if self.load_total is None else self.load_total + counts
             labels = self.labels if labels is None else labels
-            if labels:
+            if labels is not None:
                 self._count_by_label(routing, labels)
 
     def _count_by_label(self, routing: Routing, labels: dict[str, torch.Tensor]) -> None:

@@ -35,6 +35,18 @@ class Routing:
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     soft: bool = False
 
+    @classmethod
+    def from_weights(cls, weights: torch.Tensor) -> Routing:
+        """The ``soft`` Routing of a dense mixture with gate weights [T, E] (every token assigned to every expert),
+        for modules that mix experts by weights they compute themselves (Mowst's confidence C: [C, 1 - C])."""
+        num_tokens, num_experts = weights.shape
+        token_index = torch.arange(num_tokens, device=weights.device).repeat_interleave(num_experts)
+        expert_index = torch.arange(num_experts, device=weights.device).repeat(num_tokens)
+        probs = weights.detach().float()
+        return cls(token_index=token_index, expert_index=expert_index, weight=weights.reshape(-1),
+                   num_tokens=num_tokens, num_experts=num_experts, probs=probs,
+                   logits=probs.clamp_min(1e-12).log(), soft=True)
+
     @property
     def num_assignments(self) -> int:
         return self.token_index.numel()
