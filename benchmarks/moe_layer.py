@@ -8,14 +8,16 @@ The moezoo layer is `MoE(TopKRouter, GroupedMLP)` on the chosen kernel backend, 
 `moezoo.kernels.moe_mlp` alone on the same routing (what (b) and (c) compute: the same expert work; the ratios use
 the whole layer, `kernel_ratio_grouped_mm` the kernel alone). Timings are medians over `--repeats` after `--warmup`
 runs; the order of the variants rotates every repeat so drift hits all alike. On CUDA also TFLOP/s of the layer's
-expert GEMMs and the fraction of the bf16 dense peak (`--peak-tflops`, default 989 for an H100 SXM).
+expert GEMMs and the fraction of the device's bf16 dense peak (`--peak-tflops`, default: `peak_tflops` of the
+device's name, e.g. 989 for an H100 SXM or H200).
 
     python benchmarks/moe_layer.py                       # CPU: T=2048, the coarse, fine-grained and small shapes
     python benchmarks/moe_layer.py --shapes small --json out.json
     python benchmarks/moe_layer.py --device cuda --dtype bfloat16 --backend triton
 
 Each JSON row: shape, T, d, h, E, k, dtype, device, backend, ms per variant, ratio_dense, ratio_naive,
-ratio_grouped_mm (moezoo time / the other's; < 1 means moezoo is faster).
+ratio_grouped_mm (moezoo time / the other's; < 1 means moezoo is faster). ``benchmarks/gpu_check.py`` reuses the
+functions below (``Case``, ``variants``, ``median_ms``, ``expert_gemm_flops``, ``peak_tflops``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +41,30 @@ SHAPES = {  # name: (d, h, E, k)
     "fine": (1024, 512, 64, 8),
     "small": (256, 512, 8, 2),
 }
+# bf16 dense tensor-core peak in TFLOP/s by device name (first match wins; spec sheets, without sparsity)
+PEAK_BF16_TFLOPS = (
+    (("H100", "PCIe"), 756.0),
+    (("H100", "NVL"), 835.0),
+    (("H100",), 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    (("H200",), 989.0),  # H200 SXM and GH200: the same tensor cores as the H100 SXM
+    (("A100",), 312.0),
+    (("L40S",), 362.0),
+)
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The bf16 dense peak of a GPU called ``device_name`` (``torch.cuda.get_device_name()``), None if unknown."""
+    for parts, peak in PEAK_BF16_TFLOPS:
+        if all(p in device_name for p in parts):
+            return peak
+    return None
+
+
+def expert_gemm_flops(tokens: int, d: int, h: int, k: int, backward: bool = True) -> int:
+    """FLOPs of the expert GEMMs of T tokens with k experts each: two GEMMs of 2 T k d h, x3 with the backward
+    (the dense FFN of hidden k * h does the same; the router's small gate GEMM is not counted)."""
+    return (3 if backward else 1) * 2 * 2 * tokens * k * d * h
 
 
 def naive_loop(x, token_index, expert_index, weight, w1, w2):
@@ -60,7 +87,58 @@ def grouped_by_hand(x, token_index, expert_index, weight, w1, w2):
     return torch.zeros_like(x).index_add(0, tokens, h)
 
 
-def timed(fn, sync) -> float:
+@dataclass
+class Case:
+    """One benchmark shape: tokens x [T, d] and an upstream gradient, and a layer per kernel backend, all with the
+    same weights (built from the same seed), so every variant computes the same function."""
+
+    d: int
+    h: int
+    num_experts: int
+    k: int
+    tokens: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def __post_init__(self):
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(self.tokens, self.d, generator=g).to(self.device, self.dtype).requires_grad_()
+        self.grad = torch.randn(self.tokens, self.d, generator=g).to(self.device, self.dtype)
+
+    def layer(self, backend: str | None) -> MoE:
+        torch.manual_seed(0)
+        layer = MoE(self.d, TopKRouter(self.d, self.num_experts, k=self.k),
+                    GroupedMLP(self.num_experts, self.d, self.h, activation="gelu", bias=False, backend=backend))
+        return layer.to(device=self.device, dtype=self.dtype)
+
+    def dense(self) -> torch.nn.Module:
+        torch.manual_seed(0)
+        dense = torch.nn.Sequential(torch.nn.Linear(self.d, self.k * self.h, bias=False), torch.nn.GELU(),
+                                    torch.nn.Linear(self.k * self.h, self.d, bias=False))
+        return dense.to(device=self.device, dtype=self.dtype)
+
+
+def variants(case: Case, layers: dict[str, MoE], baselines=("kernel", "dense", "naive", "grouped_mm")) -> dict:
+    """name -> a function computing that variant's output on ``case.x``: each layer of ``layers`` (name -> MoE),
+    and the ``baselines`` on the routing of the first layer: ``kernel`` (moe_mlp alone, on the first layer's
+    backend), ``dense``, ``naive``, ``grouped_mm`` (torch's grouped_mm composed by hand)."""
+    first = next(iter(layers.values()))
+    with torch.no_grad():
+        routing = first.router(case.x)
+    ti, ei, wt = routing.token_index, routing.expert_index, routing.weight.to(case.dtype)
+    w1, w2 = first.experts.w1, first.experts.w2
+    dense = case.dense()
+    fns = {name: (lambda layer=layer: layer(case.x)) for name, layer in layers.items()}
+    extra = {
+        "kernel": lambda: moe_mlp(case.x, ti, ei, wt, w1, w2, activation="gelu", backend=first.experts.backend),
+        "dense": lambda: dense(case.x),
+        "naive": lambda: naive_loop(case.x, ti, ei, wt, w1, w2),
+        "grouped_mm": lambda: grouped_by_hand(case.x, ti, ei, wt, w1, w2),
+    }
+    return {**fns, **{name: extra[name] for name in baselines}}
+
+
+def _timed(fn: Callable[[], None], sync: Callable[[], None]) -> float:
     sync()
     start = time.perf_counter()
     fn()
@@ -68,53 +146,46 @@ def timed(fn, sync) -> float:
     return time.perf_counter() - start
 
 
+def median_ms(fns: dict[str, Callable[[], torch.Tensor]], case: Case, *, backward: bool, repeats: int,
+              warmup: int) -> dict[str, float]:
+    """Median milliseconds of each function's forward (autograd recording, as in training) or forward + backward
+    of ``case.grad``; the variants' order rotates every repeat so that drift hits all alike."""
+    def step(fn):
+        def run():
+            case.x.grad = None
+            out = fn()
+            if backward:
+                out.backward(case.grad)
+        return run
+
+    steps = {name: step(fn) for name, fn in fns.items()}
+    sync = torch.cuda.synchronize if case.device.type == "cuda" else (lambda: None)
+    names = list(steps)
+    times = {n: [] for n in names}
+    for _ in range(warmup):
+        for n in names:
+            steps[n]()
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            times[n].append(_timed(steps[n], sync))
+    return {n: 1000 * statistics.median(t) for n, t in times.items()}
+
+
 def bench_shape(name, tokens, args, device, dtype) -> dict:
     d, h, num_experts, k = SHAPES[name]
-    torch.manual_seed(0)
-    layer = MoE(d, TopKRouter(d, num_experts, k=k),
-                GroupedMLP(num_experts, d, h, activation="gelu", bias=False, backend=args.backend))
-    layer = layer.to(device=device, dtype=dtype)
-    dense = torch.nn.Sequential(torch.nn.Linear(d, k * h, bias=False), torch.nn.GELU(),
-                                torch.nn.Linear(k * h, d, bias=False)).to(device=device, dtype=dtype)
-    x = torch.randn(tokens, d, device=device, dtype=dtype, requires_grad=True)
-    grad = torch.randn(tokens, d, device=device, dtype=dtype)
-    with torch.no_grad():
-        routing = layer.router(x)
-    ti, ei, wt = routing.token_index, routing.expert_index, routing.weight.to(dtype)
-    w1, w2 = layer.experts.w1, layer.experts.w2
-
-    def run(fn):
-        def step():
-            x.grad = None
-            fn().backward(grad)
-        return step
-
-    variants = {
-        "moezoo": run(lambda: layer(x)),
-        "kernel": run(lambda: moe_mlp(x, ti, ei, wt, w1, w2, activation="gelu", backend=args.backend)),
-        "dense": run(lambda: dense(x)),
-        "naive": run(lambda: naive_loop(x, ti, ei, wt, w1, w2)),
-        "grouped_mm": run(lambda: grouped_by_hand(x, ti, ei, wt, w1, w2)),
-    }
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    names = list(variants)
-    times = {n: [] for n in names}
-    for _ in range(args.warmup):
-        for n in names:
-            variants[n]()
-    for r in range(args.repeats):
-        for n in names[r % len(names):] + names[: r % len(names)]:
-            times[n].append(timed(variants[n], sync))
-    ms = {n: 1000 * statistics.median(t) for n, t in times.items()}
+    case = Case(d, h, num_experts, k, tokens, device, dtype)
+    ms = median_ms(variants(case, {"moezoo": case.layer(args.backend)}), case, backward=True,
+                   repeats=args.repeats, warmup=args.warmup)
     row = {"shape": name, "T": tokens, "d": d, "h": h, "E": num_experts, "k": k, "dtype": str(dtype).split(".")[-1],
            "device": device.type, "backend": args.backend or "default", "ms": ms,
            "ratio_dense": ms["moezoo"] / ms["dense"], "ratio_naive": ms["moezoo"] / ms["naive"],
            "ratio_grouped_mm": ms["moezoo"] / ms["grouped_mm"],
            "kernel_ratio_grouped_mm": ms["kernel"] / ms["grouped_mm"]}
     if device.type == "cuda":
-        flops = 3 * 2 * 2 * tokens * k * d * h  # fwd + bwd (x3), two GEMMs, 2 FLOPs per MAC
-        row["tflops"] = flops / (ms["moezoo"] / 1000) / 1e12
-        row["fraction_of_peak"] = row["tflops"] / args.peak_tflops
+        row["tflops"] = expert_gemm_flops(tokens, d, h, k) / (ms["moezoo"] / 1000) / 1e12
+        peak = args.peak_tflops or peak_tflops(torch.cuda.get_device_name(device))
+        if peak:
+            row["fraction_of_peak"] = row["tflops"] / peak
     return row
 
 
@@ -128,7 +199,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak of the GPU")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="bf16 dense peak of the GPU (default: known from its name, see PEAK_BF16_TFLOPS)")
     parser.add_argument("--json", default=None, help="write the rows here")
     args = parser.parse_args()
     if args.threads:
@@ -143,9 +215,9 @@ def main() -> None:
         row = bench_shape(name, tokens, args, device, dtype)
         rows.append(row)
         ms = row["ms"]
-        extra = ""
-        if "tflops" in row:
-            extra = f"  {row['tflops']:.0f} TFLOP/s ({100 * row['fraction_of_peak']:.0f}% of peak)"
+        extra = f"  {row['tflops']:.0f} TFLOP/s" if "tflops" in row else ""
+        if "fraction_of_peak" in row:
+            extra += f" ({100 * row['fraction_of_peak']:.0f}% of peak)"
         print(f"{name:8s} {tokens:5d} {row['E']:3d} {row['k']:2d} {row['h']:5d} | {ms['moezoo']:9.1f} "
               f"{ms['dense']:9.1f} {ms['naive']:9.1f} {ms['grouped_mm']:9.1f} {ms['kernel']:9.1f} ms | "
               f"{row['ratio_dense']:8.2f} {row['ratio_naive']:8.2f} {row['ratio_grouped_mm']:10.2f} "

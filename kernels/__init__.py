@@ -7,26 +7,37 @@
 Backends: ``reference`` (torch; uses torch's grouped_mm where its dtype/alignment rules allow, a loop otherwise),
 ``triton`` (fused gather/scatter kernels, ``moezoo.kernels.triton``; CUDA, or CPU under TRITON_INTERPRET=1) and
 ``auto`` (triton on CUDA, reference elsewhere). Choose with the ``backend=`` argument or ``$MOEZOO_KERNEL_BACKEND``.
+Both ops are torch.library ops (``moezoo::grouped_mm``, ``moezoo::moe_mlp``; ``ops.py``), so torch.compile traces
+them with fullgraph=True.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .activations import ACTIVATIONS, apply_activation
-from .dispatch import available_backends, register_backend, resolve
-from .moe_mlp import moe_mlp_reference
-from .reference import grouped_mm as grouped_mm_reference
+from . import moe_mlp as _reference_moe_mlp
+from . import ops
+from . import reference as _reference
+from .activations import ACTIVATIONS, apply_activation, canonical_activation
+from .dispatch import GroupedMMKernels, MoEMLPKernels, available_backends, register_backend, resolve
 from .reference import sort_by_expert
 from .triton import register as _register_triton
 
-register_backend("reference", grouped_mm=grouped_mm_reference, moe_mlp=moe_mlp_reference)
+register_backend(
+    "reference",
+    grouped_mm=GroupedMMKernels(_reference.grouped_mm_forward, _reference.grouped_weight_grad),
+    moe_mlp=MoEMLPKernels(_reference_moe_mlp.forward, _reference_moe_mlp.backward, _reference_moe_mlp.saved_like),
+)
 _register_triton()  # imports no triton: the kernels load at their first call
 
 
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
-    """x [N, K] sorted by expert, w [E, K, M], offsets [E] int32 cumulative ends -> [N, M]."""
-    return resolve("grouped_mm", backend)(x, w, offsets)
+    """Differentiable grouped GEMM: out[rows of expert e] = x[rows of e] @ w[e].
+
+    x [N, K] sorted by expert, w [E, K, M], offsets [E] cumulative row ends (any integer dtype) -> [N, M].
+    """
+    name = resolve("grouped_mm", backend, x)
+    return ops.grouped_mm(x, w, offsets.to(torch.int32).contiguous(), name)
 
 
 def moe_mlp(
@@ -43,13 +54,27 @@ def moe_mlp(
     *,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Routed expert MLP; see ``moe_mlp_reference`` for the equation and shapes."""
-    fn = resolve("moe_mlp", backend)
-    return fn(x, token_index, expert_index, weight, w1, w2, b1, b2, activation, glu)
+    """Routed expert MLP: y[t] = sum over assignments a of token t: weight[a] * FFN_{expert[a]}(x[t]).
+
+    FFN_e(x) = act(x W1_e + b1_e) W2_e + b2_e, or for glu=True act(x A_e) * (x B_e) W2_e + b2_e with W1_e = [A_e, B_e].
+    Shapes: x [T, d], token_index/expert_index/weight [A], w1 [E, d, h] (or [E, d, 2h]), w2 [E, h, d_out],
+    b1 [E, h or 2h], b2 [E, d_out] -> y [T, d_out]. Differentiable in x, weight, w1, w2, b1, b2; an expert with no
+    assignment costs nothing and gets zero gradient.
+    """
+    activation = canonical_activation(activation)  # the backends know the canonical names only
+    num_experts, d, width = w1.shape
+    if glu and width % 2:
+        raise ValueError(f"glu=True needs w1 with an even number of columns (a and b halves); got {width}")
+    if x.shape[-1] != d or tuple(w2.shape[:2]) != (num_experts, width // 2 if glu else width):
+        raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}")
+    name = resolve("moe_mlp", backend, x)
+    return ops.moe_mlp(x, token_index, expert_index, weight, w1, w2, b1, b2, activation, glu, name)
 
 
 __all__ = [
     "ACTIVATIONS",
+    "GroupedMMKernels",
+    "MoEMLPKernels",
     "apply_activation",
     "available_backends",
     "grouped_mm",

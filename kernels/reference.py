@@ -1,4 +1,9 @@
-"""The torch reference backend: grouped GEMMs with torch's grouped_mm where it applies, a per-expert loop elsewhere."""
+"""The torch reference backend's grouped GEMMs: torch's grouped_mm where it applies, a per-expert loop elsewhere.
+
+``moezoo::grouped_mm`` runs these for backend ``reference`` (``ops.py`` makes them differentiable). Inside the op
+torch.compile does not trace them, so torch's grouped_mm, which inductor cannot compile in fp32 on CPU, runs in
+compiled programs in every dtype.
+"""
 
 from __future__ import annotations
 
@@ -65,37 +70,3 @@ def grouped_weight_grad(x: torch.Tensor, grad: torch.Tensor, offsets: torch.Tens
         if end > start:
             torch.mm(xt[:, start:end], grad[start:end], out=out[e])
     return out
-
-
-class GroupedMM(torch.autograd.Function):
-    """Grouped GEMM over expert-sorted rows with its backward: one autograd op, forward and backward side by side."""
-
-    @staticmethod
-    def forward(ctx, x, w, offsets):
-        ctx.save_for_backward(x, w, offsets)
-        return grouped_mm_forward(x, w, offsets)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w, offsets = ctx.saved_tensors
-        grad = grad.contiguous()  # an expanded gradient (from .sum()) has zero strides
-        grad_x = grouped_mm_forward(grad, w.transpose(1, 2), offsets) if ctx.needs_input_grad[0] else None
-        grad_w = grouped_weight_grad(x, grad, offsets) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w, None
-
-
-def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Differentiable grouped GEMM: x [N, K] sorted by expert, w [E, K, M], offsets [E] cumulative ends (any integer
-    dtype; torch's grouped_mm wants int32).
-
-    Under ``torch.compile`` on CPU, torch's grouped_mm traces only in bf16; other dtypes run this op eagerly (a graph
-    break around it), so a compiled layer works in every dtype.
-    """
-    if torch.compiler.is_compiling() and not (x.dtype == torch.bfloat16 or x.device.type == "cuda"):
-        return _eager_grouped_mm(x, w, offsets)
-    return GroupedMM.apply(x, w, offsets.to(torch.int32))
-
-
-@torch.compiler.disable
-def _eager_grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    return GroupedMM.apply(x, w, offsets.to(torch.int32))

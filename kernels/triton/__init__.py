@@ -1,25 +1,27 @@
 """moezoo.kernels.triton: the Triton backend of moezoo.kernels (ScatterMoE-style fused gather / scatter GEMMs).
 
-- ``grouped_mm.py``: ``GroupedMM``, the grouped GEMM over expert-sorted rows as one autograd op.
-- ``moe_mlp.py``: ``MoEMLP``, the routed expert MLP as one autograd op (design and equations in its docstring).
+- ``grouped_mm.py``: the grouped GEMM over expert-sorted rows and its weight gradient (``moezoo::grouped_mm``).
+- ``moe_mlp.py``: the routed expert MLP, forward and backward (``moezoo::moe_mlp``; equations in its docstring).
 - kernels: ``scatter_gemm.py`` (gathered/scattered grouped GEMM with activation epilogues), ``group_xty.py``
   (per-expert weight gradient), ``segment.py`` (token-major reductions), ``activations.py``, ``configs.py``.
 
-Importing this package imports no Triton: ``register()`` (called by ``moezoo.kernels``) registers lazy wrappers, and
-the kernels are imported, and decorated, at their first call. Whether they run compiled or in Triton's CPU
+Importing this package imports no Triton: ``register()`` (called by ``moezoo.kernels``) registers functions that
+import the kernels, which decorates them, at their first call. Whether they run compiled or in Triton's CPU
 interpreter is decided then, by ``TRITON_INTERPRET`` (compiled on CUDA tensors; interpreted on CPU tensors, fp32 and
 fp16 only: the interpreter computes bfloat16 wrongly).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 
-from ..dispatch import mark_unavailable, register_backend
+from ..dispatch import GroupedMMKernels, MoEMLPKernels, mark_unavailable, register_backend
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CONFIGS = __name__ + ".configs"
@@ -54,16 +56,14 @@ def unavailable_reason(x: torch.Tensor) -> str | None:
     return None
 
 
-def _grouped_mm(x, w, offsets):
-    from .grouped_mm import grouped_mm
+def _lazy(module: str, name: str) -> Callable:
+    """``module.name`` (a module of this package), imported at the first call."""
 
-    return grouped_mm(x, w, offsets)
+    def call(*args):
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)(*args)
 
-
-def _moe_mlp(x, token_index, expert_index, weight, w1, w2, b1=None, b2=None, activation="gelu", glu=False):
-    from .moe_mlp import moe_mlp
-
-    return moe_mlp(x, token_index, expert_index, weight, w1, w2, b1, b2, activation, glu)
+    call.__qualname__ = f"{module}.{name}"
+    return call
 
 
 def register() -> None:
@@ -71,5 +71,8 @@ def register() -> None:
     if not installed():
         mark_unavailable("triton", "the triton package is not installed (pip install triton; Linux x86_64 + CUDA)")
         return
-    register_backend("triton", check=unavailable_reason, auto_devices=("cuda",), grouped_mm=_grouped_mm,
-                     moe_mlp=_moe_mlp)
+    register_backend(
+        "triton", check=unavailable_reason, auto_devices=("cuda",),
+        grouped_mm=GroupedMMKernels(*(_lazy("grouped_mm", f) for f in GroupedMMKernels._fields)),
+        moe_mlp=MoEMLPKernels(*(_lazy("moe_mlp", f) for f in MoEMLPKernels._fields)),
+    )

@@ -1,4 +1,5 @@
-"""The routed expert MLP in Triton, as one autograd op with the gather and the weighted scatter fused into the GEMMs.
+"""The routed expert MLP in Triton, with the gather and the weighted scatter fused into the GEMMs: the functions
+backend ``triton`` gives ``moezoo::moe_mlp`` (``moezoo.kernels.ops`` makes them one differentiable op).
 
 Forward, over the A assignments sorted by expert (row r: token t_r, expert e_r, routing weight w_r):
 
@@ -30,15 +31,15 @@ from typing import NamedTuple
 
 import torch
 
-from ..activations import activation as check_activation
 from ..reference import sort_by_expert
 from .group_xty import group_xty
 from .scatter_gemm import scatter_gemm
 from .segment import gathered_row_dot, segment_sum
 
 
-class Routing(NamedTuple):
-    """Index tensors of one routing, all int32: expert order for the GEMMs, token-major slots for the reductions."""
+class AssignmentIndex(NamedTuple):
+    """Index tensors of one set of assignments, all int32 but the weights: expert order for the GEMMs, token-major
+    slots for the reductions. (Not ``moezoo.moe.Routing``: this is what the kernels read, derived from one.)"""
 
     offsets: torch.Tensor  # [E] cumulative row ends per expert
     tokens: torch.Tensor  # [A] token of each expert-sorted row
@@ -50,9 +51,9 @@ class Routing(NamedTuple):
     slot_assignment: torch.Tensor  # [A] assignment (position in the caller's arrays) of each slot
 
 
-@torch.no_grad()
-def route(token_index: torch.Tensor, expert_index: torch.Tensor, weight: torch.Tensor, num_tokens: int,
-          num_experts: int) -> Routing:
+def index_assignments(token_index: torch.Tensor, expert_index: torch.Tensor, weight: torch.Tensor, num_tokens: int,
+                      num_experts: int) -> AssignmentIndex:
+    """The ``AssignmentIndex`` of A assignments (token_index, expert_index, weight [A]) of T tokens to E experts."""
     order, offsets = sort_by_expert(expert_index, num_experts)
     token_order = torch.argsort(token_index, stable=True)
     slot_of = torch.empty_like(token_order)
@@ -61,7 +62,7 @@ def route(token_index: torch.Tensor, expert_index: torch.Tensor, weight: torch.T
     if counts.numel() != num_tokens:
         raise ValueError(f"token_index holds a token >= x.shape[0] = {num_tokens}")
     int32 = torch.int32
-    return Routing(
+    return AssignmentIndex(
         offsets=offsets.contiguous(),
         tokens=token_index[order].to(int32),
         row_weight=weight[order].contiguous(),
@@ -73,75 +74,76 @@ def route(token_index: torch.Tensor, expert_index: torch.Tensor, weight: torch.T
     )
 
 
-class MoEMLP(torch.autograd.Function):
-    """y = sum over assignments of weight * FFN_expert(x[token]); see the module docstring for the kernels."""
-
-    @staticmethod
-    def forward(ctx, x, token_index, expert_index, weight, w1, w2, b1, b2, activation, glu):
-        r = route(token_index, expert_index, weight, x.shape[0], w1.shape[0])
-        keep_pre = glu or activation != "identity"
-        pre = x.new_empty(token_index.numel(), w1.shape[-1]) if keep_pre else None
-        hidden = scatter_gemm(x, w1, r.offsets, gather=r.tokens, bias=b1, epilogue="activation",
-                              activation=activation, glu=glu, pre=pre)
-        outputs = scatter_gemm(hidden, w2, r.offsets, scatter=r.slots, bias=b2)  # unweighted, by slot
-        y = segment_sum(outputs, r.token_ends, r.slot_weight)
-        ctx.save_for_backward(x, w1, w2, pre, hidden, outputs, *r)
-        ctx.activation, ctx.glu, ctx.has_bias = activation, glu, (b1 is not None, b2 is not None)
-        ctx.weight_dtype = weight.dtype
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w1, w2, pre, hidden, outputs, *routing = ctx.saved_tensors
-        r = Routing(*routing)
-        need_x, _, _, need_weight, need_w1, need_w2, need_b1, need_b2 = ctx.needs_input_grad[:8]
-        grad_x = grad_weight = grad_w1 = grad_w2 = grad_b1 = grad_b2 = None
-        if grad.dtype != x.dtype:
-            grad = grad.to(x.dtype)
-
-        if need_w2 or need_b2:
-            grad_w2, grad_b2 = group_xty(hidden, grad, r.offsets, gather_dy=r.tokens, scale=r.row_weight,
-                                         bias_grad=ctx.has_bias[1] and need_b2)
-        if need_weight:
-            grad_weight = gathered_row_dot(outputs, grad, r.slot_tokens, r.slot_assignment, dtype=ctx.weight_dtype)
-        if need_x or need_w1 or need_b1:
-            w2t = w2.transpose(1, 2)
-            if pre is None:  # identity activation: dh = dz
-                grad_pre = scatter_gemm(grad, w2t, r.offsets, gather=r.tokens, scale=r.row_weight)
-            else:
-                grad_pre = scatter_gemm(grad, w2t, r.offsets, gather=r.tokens, scale=r.row_weight,
-                                        epilogue="activation_grad", activation=ctx.activation, glu=ctx.glu, pre=pre)
-            if need_w1 or need_b1:
-                grad_w1, grad_b1 = group_xty(x, grad_pre, r.offsets, gather_x=r.tokens,
-                                             bias_grad=ctx.has_bias[0] and need_b1)
-            if need_x:
-                slot_grads = scatter_gemm(grad_pre, w1.transpose(1, 2), r.offsets, scatter=r.slots)
-                grad_x = segment_sum(slot_grads, r.token_ends)
-        return (grad_x, None, None, grad_weight, grad_w1 if need_w1 else None, grad_w2 if need_w2 else None,
-                grad_b1, grad_b2, None, None)
+def _keeps_pre(activation: str, glu: bool) -> bool:
+    return glu or activation != "identity"  # identity: the derivative is 1, no pre-activation needed
 
 
-def moe_mlp(
-    x: torch.Tensor,
-    token_index: torch.Tensor,
-    expert_index: torch.Tensor,
-    weight: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
-    b1: torch.Tensor | None = None,
-    b2: torch.Tensor | None = None,
-    activation: str = "gelu",
-    glu: bool = False,
-) -> torch.Tensor:
-    """Routed expert MLP with the reference signature and shapes (``moezoo.kernels.moe_mlp.moe_mlp_reference``)."""
-    check_activation(activation)
-    num_experts, d, width = w1.shape
-    hidden = width // 2 if glu else width
-    if glu and width % 2:
-        raise ValueError(f"glu=True needs w1 with an even number of columns (a and b halves); got {width}")
-    if w2.shape != (num_experts, hidden, d) or x.shape[-1] != d:
-        raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}")
+def _check(x, w1, w2, b1, b2) -> None:
+    if w2.shape[-1] != x.shape[-1]:
+        raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}; "
+                         "the triton backend keeps the width (w2 [E, h, d])")
     for name, t in (("w1", w1), ("w2", w2), ("b1", b1), ("b2", b2)):
         if t is not None and t.dtype != x.dtype:
             raise ValueError(f"{name} is {t.dtype} but x is {x.dtype}; the triton backend wants one dtype")
-    return MoEMLP.apply(x, token_index, expert_index, weight, w1, w2, b1, b2, activation, glu)
+
+
+def forward(x, token_index, expert_index, weight, w1, w2, b1, b2, activation, glu):
+    """y [T, d] (module docstring) and what ``backward`` reads: [pre-activation (empty for identity), hidden,
+    unweighted outputs by slot, *AssignmentIndex]."""
+    _check(x, w1, w2, b1, b2)
+    r = index_assignments(token_index, expert_index, weight, x.shape[0], w1.shape[0])
+    keep_pre = _keeps_pre(activation, glu)
+    pre = x.new_empty(token_index.numel() if keep_pre else 0, w1.shape[-1])
+    hidden = scatter_gemm(x, w1, r.offsets, gather=r.tokens, bias=b1, epilogue="activation",
+                          activation=activation, glu=glu, pre=pre if keep_pre else None)
+    outputs = scatter_gemm(hidden, w2, r.offsets, scatter=r.slots, bias=b2)  # unweighted, by slot
+    y = segment_sum(outputs, r.token_ends, r.slot_weight)
+    return y, [pre, hidden, outputs, *r]
+
+
+def saved_like(x, token_index, expert_index, weight, w1, w2, b1, b2, activation, glu):
+    """``forward``'s saved tensors as empty tensors of their shapes and dtypes (for the op's fake kernel)."""
+    rows, width = token_index.shape[0], w1.shape[-1]
+    index = [token_index.new_empty(n, dtype=torch.int32) for n in (w1.shape[0], rows)]
+    return [
+        x.new_empty(rows if _keeps_pre(activation, glu) else 0, width),
+        x.new_empty(rows, w2.shape[1]),
+        x.new_empty(rows, w2.shape[-1]),
+        *index,  # offsets, tokens
+        weight.new_empty(rows),  # row_weight
+        token_index.new_empty(rows, dtype=torch.int32),  # slots
+        token_index.new_empty(x.shape[0], dtype=torch.int32),  # token_ends
+        weight.new_empty(rows),  # slot_weight
+        token_index.new_empty(rows, dtype=torch.int32),  # slot_tokens
+        token_index.new_empty(rows, dtype=torch.int32),  # slot_assignment
+    ]
+
+
+def backward(grad, saved, x, weight, w1, w2, b1, b2, activation, glu, needs):
+    """(dx, dweight, dw1, dw2, db1, db2) by the kernels of the module docstring; None where not ``needs``."""
+    pre, hidden, outputs, *index = saved
+    r = AssignmentIndex(*index)
+    need_x, need_weight, need_w1, need_w2, need_b1, need_b2 = needs
+    grad_x = grad_weight = grad_w1 = grad_w2 = grad_b1 = grad_b2 = None
+    if grad.dtype != x.dtype:
+        grad = grad.to(x.dtype)
+
+    if need_w2 or need_b2:
+        grad_w2, grad_b2 = group_xty(hidden, grad, r.offsets, gather_dy=r.tokens, scale=r.row_weight,
+                                     bias_grad=b2 is not None and need_b2)
+    if need_weight:
+        grad_weight = gathered_row_dot(outputs, grad, r.slot_tokens, r.slot_assignment, dtype=weight.dtype)
+    if need_x or need_w1 or need_b1:
+        w2t = w2.transpose(1, 2)
+        if not _keeps_pre(activation, glu):  # identity activation: dh = dz
+            grad_pre = scatter_gemm(grad, w2t, r.offsets, gather=r.tokens, scale=r.row_weight)
+        else:
+            grad_pre = scatter_gemm(grad, w2t, r.offsets, gather=r.tokens, scale=r.row_weight,
+                                    epilogue="activation_grad", activation=activation, glu=glu, pre=pre)
+        if need_w1 or need_b1:
+            grad_w1, grad_b1 = group_xty(x, grad_pre, r.offsets, gather_x=r.tokens,
+                                         bias_grad=b1 is not None and need_b1)
+        if need_x:
+            slot_grads = scatter_gemm(grad_pre, w1.transpose(1, 2), r.offsets, scatter=r.slots)
+            grad_x = segment_sum(slot_grads, r.token_ends)
+    return (grad_x, grad_weight, grad_w1 if need_w1 else None, grad_w2 if need_w2 else None, grad_b1, grad_b2)

@@ -24,9 +24,9 @@ TOTAL = "*"  # the label table of every counted assignment, whatever its labels:
 def in_backward() -> bool:
     """True while autograd runs a backward pass, e.g. when activation checkpointing recomputes a forward.
 
-    False while torch.compile traces: the traced Python runs once, for the forward; a recomputation inside a compiled
-    region replays the graph, not the Python, so it cannot record twice. (Asking autograd for its graph task would
-    be a graph break: it returns an int, not a tensor.)
+    False while torch.compile traces (asking autograd for its graph task would break the graph: it returns an int):
+    the traced Python runs once, and a recomputation inside a compiled region replays the graph, not the records.
+    A compiled module called again by an eager checkpoint's recomputation does record again (not detected).
     """
     if torch.compiler.is_compiling():
         return False

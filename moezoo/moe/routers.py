@@ -115,11 +115,14 @@ class Router(nn.Module):
             token_index, slot_index, weight = token_index[ok], slot_index[ok], weight[ok]
 
         aux_losses = self._aux_losses(logits, probs, slot_index) if self.training else {}
-        real = slot_index < self.num_experts  # null experts produce no assignment
+        if self.num_slots > self.num_experts:  # null experts produce no assignment
+            # a boolean mask: its length depends on the data (under torch.compile, a dynamic shape), so only here
+            real = slot_index < self.num_experts
+            token_index, slot_index, weight = token_index[real], slot_index[real], weight[real]
         return Routing(
-            token_index=token_index[real],
-            expert_index=slot_index[real],
-            weight=weight[real].to(x.dtype),
+            token_index=token_index,
+            expert_index=slot_index,
+            weight=weight.to(x.dtype),
             num_tokens=x.shape[0],
             num_experts=self.num_experts,
             probs=probs[:, : self.num_experts],

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 import moezoo.kernels.dispatch as dispatch
 import moezoo.kernels.reference as ref
 from moezoo import kernels
-from moezoo.kernels.moe_mlp import moe_mlp_reference
 
 needs_torch_grouped_mm = pytest.mark.skipif(ref._torch_grouped_mm is None, reason="this torch has no grouped_mm")
 
@@ -158,7 +157,7 @@ def test_fast_path_and_loop_agree_forward_and_backward(monkeypatch):
 
     def run():
         xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-        out = ref.grouped_mm(xr, wr, offsets)
+        out = kernels.grouped_mm(xr, wr, offsets, backend="reference")
         out.backward(grad)
         forward = ref.grouped_mm_forward(x, w, offsets)
         weight_grad = ref.grouped_weight_grad(x, grad, offsets)
@@ -349,9 +348,10 @@ def test_backend_is_taken_from_the_argument_then_the_environment_then_reference(
 
     def spy_grouped_mm(x, w, offsets):
         calls.append("spy")
-        return ref.grouped_mm(x, w, offsets)
+        return ref.grouped_mm_forward(x, w, offsets)
 
-    kernels.register_backend("spy", grouped_mm=spy_grouped_mm)  # no moe_mlp: falls back to the reference one
+    # no moe_mlp: that op falls back to the reference backend
+    kernels.register_backend("spy", grouped_mm=kernels.GroupedMMKernels(spy_grouped_mm, ref.grouped_weight_grad))
     assert {"reference", "spy"} <= set(kernels.available_backends())
 
     monkeypatch.delenv("MOEZOO_KERNEL_BACKEND", raising=False)
@@ -362,4 +362,10 @@ def test_backend_is_taken_from_the_argument_then_the_environment_then_reference(
     assert calls == ["spy"] and out.shape == (2, 4)
     kernels.grouped_mm(*_small_inputs(), backend="reference")
     assert calls == ["spy"], "the argument wins over the environment"
-    assert dispatch.resolve("moe_mlp") is moe_mlp_reference
+    assert dispatch.resolve("moe_mlp", None, torch.zeros(1)) == "reference"
+
+
+def test_register_backend_rejects_functions_that_are_not_an_ops_kernels():
+    with pytest.raises(TypeError, match=r"grouped_mm=function is not one of grouped_mm=GroupedMMKernels"):
+        kernels.register_backend("bad", grouped_mm=ref.grouped_mm_forward)
+    assert "bad" not in kernels.available_backends()

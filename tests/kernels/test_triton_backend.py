@@ -27,11 +27,13 @@ def _inputs(device="cpu", dtype=torch.float32):
 
 
 def _spy_on_triton(calls):
+    reference = dispatch._BACKENDS["reference"]["grouped_mm"]
+
     def spy(x, w, offsets):
         calls.append(x.device.type)
-        return dispatch._BACKENDS["reference"]["grouped_mm"](x, w, offsets)
+        return reference.forward(x, w, offsets)
 
-    dispatch._BACKENDS["triton"] = {**dispatch._BACKENDS["triton"], "grouped_mm": spy}
+    dispatch._BACKENDS["triton"] = {**dispatch._BACKENDS["triton"], "grouped_mm": reference._replace(forward=spy)}
 
 
 @pytest.mark.skipif(not triton_backend.installed(), reason="triton is not installed")
