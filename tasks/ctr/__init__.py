@@ -1,10 +1,13 @@
-"""CTR family: multi-task and multi-domain recommendation MoE (MMoE, PLE/CGC, HoME, AdaptDHM) on tabular click data."""
+"""CTR family: multi-task and multi-domain recommendation MoE (MMoE, PLE/CGC, HoME, AdaptDHM) on tabular click data.
 
-from .adaptdhm import AdaptDHM
+``CTRTask`` takes its network by dependency injection: ``MMoENet``, ``PLENet``, ``HoMENet`` or ``AdaptDHMNet``.
+"""
+
+from .adaptdhm import AdaptDHMNet
 from .data import CTRData
-from .home import HoME
-from .mmoe import MMoE
+from .home import HoMENet
+from .mmoe import MMoENet
 from .model import CTRTask
-from .ple import PLE
+from .ple import PLENet
 
-__all__ = ["PLE", "AdaptDHM", "CTRData", "CTRTask", "HoME", "MMoE"]
+__all__ = ["AdaptDHMNet", "CTRData", "CTRTask", "HoMENet", "MMoENet", "PLENet"]

@@ -31,8 +31,6 @@ import torch.nn.functional as F
 
 from moezoo.moe import RoutedStackedMLP, Routing, RoutingRecord, in_backward
 
-from .model import CTRTask
-
 
 class DistributionAdaptation(nn.Module):
     """Dynamic-routing clustering of samples to K unit-norm centres. Shapes: v [B, d] -> cluster [B] long."""
@@ -128,16 +126,3 @@ class AdaptDHMNet(nn.Module):
         cluster = self.adaptation(v)
         return self.clusters(v, cluster)
 
-
-class AdaptDHM(CTRTask):
-    """AdaptDHM: clusters samples by dynamic routing (no domain column needed) and gives each cluster its network."""
-
-    def __init__(self, num_clusters: int = 4, iterations: int = 3, momentum: float = 0.9, temperature: float = 0.1,
-                 hidden: list[int] = [128, 64], dropout: float = 0.0, **kwargs):  # noqa: B006
-        super().__init__(**kwargs)
-        self.save_hyperparameters()
-
-    def build_network(self, in_dim, tasks, domains):
-        h = self.hparams
-        return AdaptDHMNet(in_dim, tasks, domains, h.num_clusters, h.iterations, h.momentum, h.temperature,
-                           h.hidden, h.dropout)

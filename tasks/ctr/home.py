@@ -27,7 +27,6 @@ from moezoo.errors import MoezooError
 from moezoo.moe import StackedMLP
 
 from .gates import DomainGates, DomainTowers, module_key
-from .model import CTRTask
 
 
 class FeatureGate(nn.Module):
@@ -158,18 +157,3 @@ class HoMENet(nn.Module):
             reps.append(r + self.task_self_gates[t](v, h2) if self.self_gate else r)
         return self.towers(torch.stack(reps), domain)
 
-
-class HoME(CTRTask):
-    """HoME for multi-task (and multi-domain) CTR; ``categories`` groups the tasks (default: one per task)."""
-
-    def __init__(self, categories: list[list[str]] | None = None, num_shared: int = 2, num_category: int = 2,
-                 num_task: int = 1, expert_hidden: list[int] = [64], tower_hidden: list[int] = [32],  # noqa: B006
-                 dropout: float = 0.0, feature_gate: bool = True, feature_gate_rank: int = 8,
-                 self_gate: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.save_hyperparameters()
-
-    def build_network(self, in_dim, tasks, domains):
-        h = self.hparams
-        return HoMENet(in_dim, tasks, domains, h.categories, h.num_shared, h.num_category, h.num_task,
-                       h.expert_hidden, h.tower_hidden, h.dropout, h.feature_gate, h.feature_gate_rank, h.self_gate)

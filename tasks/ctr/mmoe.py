@@ -15,7 +15,6 @@ import torch.nn as nn
 from moezoo.moe import StackedMLP
 
 from .gates import DomainGates, DomainTowers, module_key
-from .model import CTRTask
 
 
 class MMoENet(nn.Module):
@@ -35,16 +34,3 @@ class MMoENet(nn.Module):
         reps = torch.stack([gate(v, h, domain) for gate in self.gates.values()])
         return self.towers(reps, domain)
 
-
-class MMoE(CTRTask):
-    """MMoE for multi-task (and multi-domain) CTR: shared experts, a softmax gate and a tower per task."""
-
-    def __init__(self, num_experts: int = 8, expert_hidden: list[int] = [64], tower_hidden: list[int] = [32],  # noqa: B006
-                 dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.save_hyperparameters()
-
-    def build_network(self, in_dim, tasks, domains):
-        h = self.hparams
-        return MMoENet(in_dim, tasks, domains, h.num_experts, h.expert_hidden, h.tower_hidden, h.dropout,
-                       h.activation, h.batch_norm)

@@ -9,13 +9,13 @@ see every domain, the usage per domain and its NMI with the expert (``<stage>/ro
 ``<stage>/routing/domain_nmi``): the core's load by label, the numbers users look at to see which experts each task
 and domain uses.
 
-The network is built in ``configure_model`` from the data's fields, tasks and domains (arguments linked from the data
-module by the CLI); subclasses implement
-``build_network(in_dim, tasks, domains)`` and pass the arguments of ``CTRTask`` on as ``**kwargs`` (LightningCLI
-follows them, so ``--model.init_args.lr`` and ``--print_config`` show them for every model).
+The network is injected (``network``: MMoE, PLE/CGC, HoME or AdaptDHM with its own arguments) and built in
+``configure_model`` from the data's fields, tasks and domains (arguments linked from the data module by the CLI).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -34,9 +34,13 @@ STAGES = ("val", "test")
 
 
 class CTRTask(TaskModule):
-    """Base of the CTR models.
+    """A CTR model: the shared feature embedding, the multi-task ``network``, BCE per task, and the CTR metrics.
 
     Args:
+        network: the network, injected (LightningCLI's dependency injection): a class called as
+            ``network(in_dim, tasks, domains)`` with its own arguments given in the config, e.g.
+            ``network: {class_path: moezoo.tasks.ctr.HoMENet, init_args: {num_shared: 2}}`` (``MMoENet``,
+            ``PLENet`` (CGC with ``num_levels: 1``), ``HoMENet``, ``AdaptDHMNet``).
         embed_dim: width of every categorical field's embedding.
         lr: Adam learning rate.
         weight_decay: L2 on the network's weights (Adam's, as FuxiCTR's ``net_regularizer``).
@@ -50,11 +54,17 @@ class CTRTask(TaskModule):
     monitor = "val/auc"
     monitor_mode = "max"
 
-    def __init__(self, embed_dim: int = 16, lr: float = 1e-3, weight_decay: float = 0.0,
+    def __init__(self, network: Callable[[int, list[str], list[str]], nn.Module] | None = None,
+                 embed_dim: int = 16, lr: float = 1e-3, weight_decay: float = 0.0,
                  embedding_weight_decay: float = 1e-6, task_weights: list[float] | None = None,
                  cardinalities: list[int] | None = None, num_numeric: int = 0, tasks: list[str] | None = None,
                  domains: list[str] | None = None, has_user: bool = False):
         super().__init__(lr=lr, weight_decay=weight_decay, cosine=False)
+        if network is None:
+            raise MoezooError("model.init_args.network is not set: give a network class (MMoENet, PLENet, HoMENet, "
+                              "AdaptDHMNet) with its init_args")
+        self.save_hyperparameters()
+        self.network = network
         self.embed_dim, self.embedding_weight_decay, self.task_weights = embed_dim, embedding_weight_decay, task_weights
         self.data_sizes = (cardinalities, num_numeric, tasks, domains or ["all"], has_user)
         self.built = False
@@ -76,7 +86,7 @@ class CTRTask(TaskModule):
                              f"{len(tasks)} tasks ({', '.join(tasks)})")
         self.tasks, self.domains, self.has_user = tasks, domains, has_user
         self.features = FeatureEmbedding(cardinalities, num_numeric, self.embed_dim)
-        self.net = self.build_network(self.features.out_dim, tasks, domains)
+        self.net = self.network(self.features.out_dim, list(tasks), list(domains))
         weights = self.task_weights or [1.0] * len(tasks)
         self.register_buffer("loss_weights", torch.tensor(weights, dtype=torch.float), persistent=False)
         self.auroc = nn.ModuleDict({
@@ -86,9 +96,6 @@ class CTRTask(TaskModule):
         self._gauc_buffer: dict[str, list] = {stage: [] for stage in STAGES}
         self.routing_label_names = {"domain": list(domains)}
         self.built = True
-
-    def build_network(self, in_dim: int, tasks: list[str], domains: list[str]) -> nn.Module:
-        raise NotImplementedError
 
     # -- forward, loss, metrics ---------------------------------------------------------------------------------
     def forward(self, batch) -> torch.Tensor:

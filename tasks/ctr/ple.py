@@ -18,7 +18,6 @@ import torch.nn as nn
 from moezoo.moe import StackedMLP
 
 from .gates import DomainGates, DomainTowers, module_key
-from .model import CTRTask
 
 
 class PLENet(nn.Module):
@@ -67,17 +66,3 @@ class PLENet(nn.Module):
             per_task = new_tasks
         return self.towers(torch.stack(per_task), domain)
 
-
-class PLE(CTRTask):
-    """PLE (``num_levels`` >= 2) or CGC (``num_levels: 1``) for multi-task (and multi-domain) CTR."""
-
-    def __init__(self, num_levels: int = 2, num_shared: int = 2, num_specific: int = 2,
-                 expert_hidden: list[int] = [64], tower_hidden: list[int] = [32],  # noqa: B006
-                 dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self.save_hyperparameters()
-
-    def build_network(self, in_dim, tasks, domains):
-        h = self.hparams
-        return PLENet(in_dim, tasks, domains, h.num_levels, h.num_shared, h.num_specific, h.expert_hidden,
-                      h.tower_hidden, h.dropout, h.activation, h.batch_norm)

@@ -12,6 +12,8 @@ from moezoo.registry import list_tasks
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "ctr"
 QUIET = ["--trainer.enable_progress_bar", "false"]
 SMALL = ["--data.num_samples", "4000", "--data.batch_size", "256", "--trainer.max_epochs", "1"]
+LEARN = ["--data.num_samples", "6000", "--data.batch_size", "256", "--trainer.max_epochs", "4", "--model.init_args.lr",
+         "0.005"]
 
 
 def _metrics(root):
@@ -19,11 +21,12 @@ def _metrics(root):
 
 
 @pytest.mark.parametrize("task", [name for name in list_tasks() if name.startswith("ctr/")])
-def test_every_ctr_variant_trains_on_the_generator_and_reports_auc_per_task_and_domain(task, tmp_path):
-    main(["fit", "--task", task, "--trainer.default_root_dir", str(tmp_path), *SMALL, *QUIET])
+def test_every_ctr_variant_learns_the_generator_and_reports_auc_per_task_and_domain(task, tmp_path):
+    main(["fit", "--task", task, "--trainer.default_root_dir", str(tmp_path), *LEARN, *QUIET])
     metrics = _metrics(tmp_path)
     for name in ("click", "purchase"):
-        assert 0.0 <= metrics[f"test/auc_{name}"] <= 1.0
+        # 4 epochs of 6,000 generated rows: measured 0.67-0.74 for every variant and task (chance 0.5)
+        assert metrics[f"test/auc_{name}"] > 0.62, (name, metrics[f"test/auc_{name}"])
         assert metrics[f"test/logloss_{name}"] > 0
         assert any(k.startswith("test/domain_") and k.endswith(f"auc_{name}") for k in metrics)
     # the core's load by label: every gate's usage over the test set sums to 1 over its experts
@@ -67,7 +70,7 @@ def test_adult_preset_trains_both_census_tasks(task, tmp_path):
 def test_home_categories_naming_an_unknown_task_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--task", "ctr/home", "--trainer.default_root_dir", str(tmp_path), *SMALL,
-              "--model.init_args.categories", "[[click], [cart]]", *QUIET])
+              "--model.init_args.network.init_args.categories", "[[click], [cart]]", *QUIET])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "cart" in err and "Traceback" not in err
