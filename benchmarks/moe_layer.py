@@ -14,9 +14,12 @@ device's name, e.g. 989 for an H100 SXM or H200).
     python benchmarks/moe_layer.py                       # CPU: T=2048, the coarse, fine-grained and small shapes
     python benchmarks/moe_layer.py --shapes small --json out.json
     python benchmarks/moe_layer.py --device cuda --dtype bfloat16 --backend triton
+    git worktree add /tmp/prev <rev> && python benchmarks/moe_layer.py --against /tmp/prev   # vs another revision
 
 Each JSON row: shape, T, d, h, E, k, dtype, device, backend, ms per variant, ratio_dense, ratio_naive,
-ratio_grouped_mm (moezoo time / the other's; < 1 means moezoo is faster). ``benchmarks/gpu_check.py`` reuses the
+ratio_grouped_mm (moezoo time / the other's; < 1 means moezoo is faster); with ``--against DIR`` (a checkout of
+another revision) also ``against`` (that revision's ``kernels.moe_mlp`` on the same routing, timed in the same run)
+and ``kernel_ratio_against`` (this kernel / that one). ``benchmarks/gpu_check.py`` reuses the
 functions below (``Case``, ``variants``, ``median_ms``, ``expert_gemm_flops``, ``peak_tflops``).
 """
 
@@ -171,16 +174,41 @@ def median_ms(fns: dict[str, Callable[[], torch.Tensor]], case: Case, *, backwar
     return {n: 1000 * statistics.median(t) for n, t in times.items()}
 
 
-def bench_shape(name, tokens, args, device, dtype) -> dict:
+def load_kernels(checkout: str):
+    """The ``kernels`` package of another checkout (e.g. the previous main), imported under its own name."""
+    import importlib.util
+    import sys
+
+    init = Path(checkout).expanduser() / "kernels" / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"--against: {init} does not exist (give a checkout of moezoo)")
+    spec = importlib.util.spec_from_file_location("moezoo_against_kernels", init,
+                                                  submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_shape(name, tokens, args, device, dtype, against=None) -> dict:
     d, h, num_experts, k = SHAPES[name]
     case = Case(d, h, num_experts, k, tokens, device, dtype)
-    ms = median_ms(variants(case, {"moezoo": case.layer(args.backend)}), case, backward=True,
-                   repeats=args.repeats, warmup=args.warmup)
+    layer = case.layer(args.backend)
+    fns = variants(case, {"moezoo": layer})
+    if against is not None:
+        with torch.no_grad():
+            routing = layer.router(case.x)
+        ti, ei, wt = routing.token_index, routing.expert_index, routing.weight.to(case.dtype)
+        w1, w2 = layer.experts.w1, layer.experts.w2
+        fns["against"] = lambda: against.moe_mlp(case.x, ti, ei, wt, w1, w2, activation="gelu", backend=args.backend)
+    ms = median_ms(fns, case, backward=True, repeats=args.repeats, warmup=args.warmup)
     row = {"shape": name, "T": tokens, "d": d, "h": h, "E": num_experts, "k": k, "dtype": str(dtype).split(".")[-1],
            "device": device.type, "backend": args.backend or "default", "ms": ms,
            "ratio_dense": ms["moezoo"] / ms["dense"], "ratio_naive": ms["moezoo"] / ms["naive"],
            "ratio_grouped_mm": ms["moezoo"] / ms["grouped_mm"],
            "kernel_ratio_grouped_mm": ms["kernel"] / ms["grouped_mm"]}
+    if against is not None:
+        row["kernel_ratio_against"] = ms["kernel"] / ms["against"]
     if device.type == "cuda":
         row["tflops"] = expert_gemm_flops(tokens, d, h, k) / (ms["moezoo"] / 1000) / 1e12
         peak = args.peak_tflops or peak_tflops(torch.cuda.get_device_name(device))
@@ -202,7 +230,9 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="bf16 dense peak of the GPU (default: known from its name, see PEAK_BF16_TFLOPS)")
     parser.add_argument("--json", default=None, help="write the rows here")
+    parser.add_argument("--against", default=None, help="a checkout of another revision: time its kernels too")
     args = parser.parse_args()
+    against = load_kernels(args.against) if args.against else None
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -212,12 +242,14 @@ def main() -> None:
     print(f"{'shape':8s} {'T':>5s} {'E':>3s} {'k':>2s} {'h':>5s} | {'moezoo':>9s} {'dense':>9s} {'naive':>9s} "
           f"{'grouped':>9s} {'kernel':>9s} ms | vs dense  vs naive  vs grouped  kernel vs grouped", flush=True)
     for name in args.shapes:
-        row = bench_shape(name, tokens, args, device, dtype)
+        row = bench_shape(name, tokens, args, device, dtype, against)
         rows.append(row)
         ms = row["ms"]
         extra = f"  {row['tflops']:.0f} TFLOP/s" if "tflops" in row else ""
         if "fraction_of_peak" in row:
             extra += f" ({100 * row['fraction_of_peak']:.0f}% of peak)"
+        if "kernel_ratio_against" in row:
+            extra += f"  kernel vs --against {row['kernel_ratio_against']:.2f} ({ms['against']:.1f} ms)"
         print(f"{name:8s} {tokens:5d} {row['E']:3d} {row['k']:2d} {row['h']:5d} | {ms['moezoo']:9.1f} "
               f"{ms['dense']:9.1f} {ms['naive']:9.1f} {ms['grouped_mm']:9.1f} {ms['kernel']:9.1f} ms | "
               f"{row['ratio_dense']:8.2f} {row['ratio_naive']:8.2f} {row['ratio_grouped_mm']:10.2f} "
