@@ -221,3 +221,10 @@ def test_a_value_outside_its_choices_is_rejected_naming_the_key(task, flag, valu
     err = _user_error(capfd, monkeypatch, "fit", "--task", task, flag, value,
                       "--trainer.default_root_dir", str(tmp_path))
     assert flag.rsplit(".", 1)[1] in err and value in err
+
+
+def test_a_run_prints_no_litlogger_advert(tmp_path):
+    code, out, err = _moezoo("fit", "--task", "graph/mlp", "--trainer.fast_dev_run", "1",
+                             "--trainer.default_root_dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert code == 0, err[-3000:]
+    assert "litlogger" not in out + err and "GPU available" in out + err, "Lightning's own lines still print"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,16 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from .callbacks import ExpertLoadHeatmap, MetricsJson, PredictionWriter
 from .task import TaskModule
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "try installing litlogger" tip, printed on every run: not the user's concern."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
 # What the data decides and the model is built with, linked at instantiation (LightningCLI's link_arguments):
 # (data module attribute, model argument). A link applies when the data module has the attribute and the chosen
