@@ -8,6 +8,7 @@ import torch
 
 from moezoo.cli import main
 from moezoo.registry import list_tasks
+from moezoo.tasks.ctr import CTRData, CTRTask
 
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "ctr"
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -50,6 +51,13 @@ def test_home_tests_again_from_its_checkpoint_and_predicts(tmp_path):
           fit["best_model_path"], "--data.num_samples", "4000", *QUIET])
     predictions = torch.load(tmp_path / "predictions.pt")
     assert predictions["prob"].shape[1] == 2 and ((predictions["prob"] >= 0) & (predictions["prob"] <= 1)).all()
+    # the checkpoint alone rebuilds the model (its sizes and network are its own arguments): no data module, no CLI
+    model = CTRTask.load_from_checkpoint(fit["best_model_path"]).eval()
+    data = CTRData(num_samples=4000)
+    data.setup()
+    with torch.no_grad():
+        probs = torch.cat([torch.sigmoid(model(batch)) for batch in data.predict_dataloader()])
+    torch.testing.assert_close(probs, predictions["prob"])
 
 
 def test_gauc_is_reported_when_a_user_column_is_named(tmp_path):
