@@ -44,6 +44,11 @@ def token_labels(label: torch.Tensor, num_tokens: int) -> torch.Tensor | None:
     return None
 
 
+def label_sizes(labels: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The number of values of each label (its largest id + 1, at least 1): the rows of its load table."""
+    return {name: max(1, int(label.max()) + 1) if label.numel() else 1 for name, label in labels.items()}
+
+
 class RoutingRecord:
     """Per routing module: aux losses waiting to be collected, statistics of the last forward, training load since
     the last ``take_expert_load``, and the load by label value since the last ``load_by_label(reset=True)``."""
@@ -53,6 +58,7 @@ class RoutingRecord:
         self.last: dict[str, torch.Tensor] = {}
         self.load_total: torch.Tensor | None = None
         self.labels: dict[str, torch.Tensor] | None = None  # attached by routing_labels() for the forwards inside it
+        self.label_sizes: dict[str, int] = {}  # the number of values of each attached label (rows of its table)
         self.by_label: dict[str, torch.Tensor] = {}  # label name -> [V, E] float load (counts, or soft gate mass)
 
     def add(self, routing: Routing, training: bool, labels: dict[str, torch.Tensor] | None = None) -> None:
@@ -74,26 +80,29 @@ class RoutingRecord:
                 self.last["group_counts"] = group_load
             if training:
                 self.load_total = counts if self.load_total is None else self.load_total + counts
-            labels = self.labels if labels is None else labels
             if labels is not None:
-                self._count_by_label(routing, labels)
+                self._count_by_label(routing, labels, label_sizes(labels))
+            elif self.labels is not None:
+                self._count_by_label(routing, self.labels, self.label_sizes)
 
-    def _count_by_label(self, routing: Routing, labels: dict[str, torch.Tensor]) -> None:
+    def _count_by_label(self, routing: Routing, labels: dict[str, torch.Tensor], sizes: dict[str, int]) -> None:
+        # no boolean masks and no sizes read from the data here, so torch.compile(fullgraph=True) traces it: ids < 0
+        # add zero mass to row 0, and each table has the label's number of values, known before the forward
         mass = routing.weight.detach().float() if routing.soft else torch.ones_like(routing.weight, dtype=torch.float)
-        counted = torch.ones_like(mass, dtype=torch.bool)
+        counted = torch.ones_like(mass)
         for name, label in labels.items():
             ids = token_labels(label.to(routing.token_index.device), routing.num_tokens)
             if ids is None:
                 continue
             ids = ids.long()[routing.token_index]
-            keep = ids >= 0
-            counted &= keep
-            self._accumulate(name, ids[keep], routing.expert_index[keep], mass[keep], routing.num_experts)
-        self._accumulate(TOTAL, torch.zeros_like(routing.expert_index[counted]), routing.expert_index[counted],
-                         mass[counted], routing.num_experts)
+            keep = (ids >= 0).to(mass.dtype)
+            counted = counted * keep
+            self._accumulate(name, ids.clamp_min(0), routing.expert_index, mass * keep, routing.num_experts,
+                             sizes[name])
+        self._accumulate(TOTAL, torch.zeros_like(routing.expert_index), routing.expert_index, mass * counted,
+                         routing.num_experts, 1)
 
-    def _accumulate(self, name, ids, experts, mass, num_experts) -> None:
-        rows = int(ids.max()) + 1 if ids.numel() else 1
+    def _accumulate(self, name, ids, experts, mass, num_experts, rows: int) -> None:
         table = self.by_label.get(name)
         if table is None:
             table = mass.new_zeros(rows, num_experts)

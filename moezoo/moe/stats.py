@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn as nn
 
-from .record import TOTAL, RoutingRecord
+from .record import TOTAL, RoutingRecord, label_sizes
 from .routers import Router
 
 
@@ -86,14 +86,16 @@ def routing_labels(model: nn.Module, labels: Mapping[str, torch.Tensor] | None) 
         yield
         return
     records = [layer.record for _, layer in moe_layers(model)]
-    previous = [record.labels for record in records]
-    for record, before in zip(records, previous):
+    previous = [(record.labels, record.label_sizes) for record in records]
+    sizes = label_sizes(dict(labels))  # read here, before the forward, so a compiled forward needs no data-sized op
+    for record, (before, before_sizes) in zip(records, previous):
         record.labels = {**(before or {}), **labels}
+        record.label_sizes = {**before_sizes, **sizes}
     try:
         yield
     finally:
-        for record, before in zip(records, previous):
-            record.labels = before
+        for record, (before, before_sizes) in zip(records, previous):
+            record.labels, record.label_sizes = before, before_sizes
 
 
 def normalized_mutual_information(counts: torch.Tensor) -> float:

@@ -108,3 +108,22 @@ def test_compiled_moe_vit_has_no_graph_break_and_matches_eager(compiler):
     net = _vit()
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     _assert_compiled_matches_eager(net, x, torch.float32, compiler)
+
+
+def test_counting_by_label_traces_in_one_graph_and_matches_eager():
+    from moezoo.moe import load_by_label, routing_labels
+
+    torch.manual_seed(0)
+    layer = MoE(16, TopKRouter(16, 4, k=2), GroupedMLP(4, 16, 32)).eval()
+    x = torch.randn(3, 5, 16)
+    label = torch.tensor([2, -1, 0])  # the second sample is not counted
+    with routing_labels(layer, {"class": label}):
+        layer(x)
+    eager = load_by_label(layer)[""]
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with routing_labels(layer, {"class": label}):
+        compiled(x)
+    traced = load_by_label(layer)[""]
+    for name in ("class", "*"):
+        torch.testing.assert_close(traced[name]["counts"], eager[name]["counts"])
+    assert eager["class"]["counts"][1].sum() == 0 and eager["*"]["counts"].sum() == 2 * 5 * 2
