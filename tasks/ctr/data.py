@@ -336,16 +336,6 @@ class CTRData(SplitDataModule):
         return tensors
 
     # -- what the models read -----------------------------------------------------------------------------------
-    @property
-    def num_tasks(self) -> int:
-        self.setup()
-        return len(self.task_names)
-
-    @property
-    def num_domains(self) -> int:
-        self.setup()
-        return len(self.domain_names)
-
     # linked to the model's arguments of the same meaning by the CLI (moezoo.training.cli.LINKED_SIZES)
     @property
     def field_cardinalities(self) -> list[int]:
