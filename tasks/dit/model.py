@@ -26,6 +26,8 @@ A ``ModelMixin`` + ``ConfigMixin``: ``save_pretrained`` / ``from_pretrained`` ro
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -45,16 +47,27 @@ class MoEDiT(ModelMixin, ConfigMixin):
     """Class-conditional DiT with MoE FFNs.
 
     Shapes: sample [B, C, H, W], timestep [B] (or a scalar), class_labels [B] long -> [B, C, H, W].
+    ``sample_size``, ``in_channels`` and ``num_classes`` come first: they are the data's (``DiTTask`` builds the
+    model from them), the rest is the architecture. ``size`` (S, B, L, XL) sets ``hidden_size``, ``depth`` and
+    ``num_heads`` to the DiT / ProMoE sizes (384/12/6, 768/12/12, 1024/24/16, 1152/28/16).
     """
 
     @register_to_config
-    def __init__(self, sample_size: int = 32, patch_size: int = 2, in_channels: int = 4, hidden_size: int = 384,
-                 depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0, num_classes: int = 1000,
-                 class_dropout_prob: float = 0.1, routing: str = "promoe", num_experts: int = 8, top_k: int = 2,
+    def __init__(self, sample_size: int = 32, in_channels: int = 4, num_classes: int = 1000,
+                 routing: Literal["dense", "token_choice", "expert_choice", "promoe"] = "promoe",
+                 patch_size: int = 2, hidden_size: int = 384, depth: int = 12, num_heads: int = 6,
+                 mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1, num_experts: int = 8, top_k: int = 2,
                  capacity_factor: float = 1.0, moe_every: int = 2, balance_loss_weight: float = 0.01,
-                 contrastive_loss_weight: float = 1.0, prototype_gate: str = "identity",
-                 prototype_choice: str = "token", decoupled_routing: bool = False, shared_expert: bool = False):
+                 contrastive_loss_weight: float = 1.0,
+                 prototype_gate: Literal["identity", "softmax", "sigmoid"] = "identity",
+                 prototype_choice: Literal["token", "expert"] = "token", decoupled_routing: bool = False,
+                 shared_expert: bool = False, size: Literal["S", "B", "L", "XL"] | None = None):
         super().__init__()
+        if size is not None:  # the DiT / ProMoE size presets replace hidden_size, depth and num_heads
+            if size not in SIZES:
+                raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+            hidden_size, depth, num_heads = SIZES[size]
+            self.register_to_config(hidden_size=hidden_size, depth=depth, num_heads=num_heads)
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {', '.join(ROUTINGS)}, got {routing!r}")
         if decoupled_routing and routing not in ("token_choice", "expert_choice"):

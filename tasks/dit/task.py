@@ -28,7 +28,7 @@ from moezoo.errors import MoezooError
 from moezoo.training import TaskModule
 
 from .fid import fid_cls, inception_fid
-from .model import SIZES, MoEDiT
+from .model import MoEDiT
 from .objectives import ddpm_loss, rectified_flow_loss
 from .pipeline import MoEDiTPipeline
 from .specialisation import route_over_timesteps, timestep_bin_names
@@ -47,38 +47,38 @@ def load_vae(path: str) -> AutoencoderKL:
 class DiTTask(TaskModule):
     """Class-conditional MoE DiT on an image data module (``DiffusionImageData``).
 
-    The model arguments are ``MoEDiT``'s (``routing``, ``num_experts``, ``capacity_factor``, ``prototype_gate``,
-    ``prototype_choice``, ``decoupled_routing``, ``shared_expert``, ...); ``size`` (S, B, L, XL) sets hidden size,
-    depth and heads to the DiT / ProMoE sizes instead of ``hidden_size`` / ``depth`` / ``num_heads`` (GPU scale).
-    ``image_size``, ``channels``, ``num_classes``: the data's (linked from the data module by the CLI);
-    ``fid_classifier``: a callable returning (FID-cls classifier, its accuracy), the data module's
-    ``fid_classifier`` under the CLI; ``vae``: an AutoencoderKL folder for latent diffusion; ``inception_weights``:
-    torch-fidelity's InceptionV3 weights file for the standard FID at test; ``timestep_bins``: the bins of the
-    expert-load-by-timestep table.
+    Args:
+        transformer: the diffusion transformer, injected (LightningCLI's dependency injection): a class called as
+            ``transformer(sample_size, in_channels, num_classes)`` with its architecture given in the config, e.g.
+            ``transformer: {class_path: moezoo.tasks.dit.MoEDiT, init_args: {routing: promoe, num_experts: 4}}``;
+            default ``MoEDiT`` with its defaults. The sample size and channels are the data's, or the VAE's latent
+            ones with ``vae``.
+        objective: ``rectified_flow`` (velocity target) or ``ddpm`` (epsilon target).
+        cfg_scale, sample_steps: the classifier-free guidance scale and the sampler's steps of the sample grids and
+            of the test samples; ``samples_per_class``: generated images per class at test.
+        vae: an AutoencoderKL folder for latent diffusion; ``inception_weights``: torch-fidelity's InceptionV3
+            weights file for the standard FID at test; ``timestep_bins``: the bins of the expert-load-by-timestep
+            table.
+        image_size, channels, num_classes: the data's (linked from the data module by the CLI); ``fid_classifier``:
+            a callable returning (FID-cls classifier, its accuracy), the data module's ``fid_classifier`` under the
+            CLI.
     """
 
     monitor = "val/loss"
     monitor_mode = "min"
 
-    def __init__(self, routing: Literal["dense", "token_choice", "expert_choice", "promoe"] = "promoe",
-                 patch_size: int = 2, hidden_size: int = 96, depth: int = 4, num_heads: int = 4,
-                 mlp_ratio: float = 4.0, num_experts: int = 4, top_k: int = 2, capacity_factor: float = 1.0,
-                 moe_every: int = 2, class_dropout_prob: float = 0.1, balance_loss_weight: float = 0.01,
-                 contrastive_loss_weight: float = 1.0,
-                 prototype_gate: Literal["identity", "softmax", "sigmoid"] = "identity",
-                 prototype_choice: Literal["token", "expert"] = "token", decoupled_routing: bool = False,
-                 shared_expert: bool = False,
+    def __init__(self, transformer: Callable[[int, int, int], MoEDiT] | None = None,
                  objective: Literal["rectified_flow", "ddpm"] = "rectified_flow", cfg_scale: float = 1.5,
                  sample_steps: int = 20, samples_per_class: int = 20, lr: float = 3e-4, weight_decay: float = 0.0,
                  warmup_epochs: float = 0.0, vae: str | None = None, inception_weights: str | None = None,
-                 timestep_bins: int = 10, size: Literal["S", "B", "L", "XL"] | None = None,
-                 image_size: int = 16, channels: int = 1, num_classes: int = 10,
+                 timestep_bins: int = 10, image_size: int = 16, channels: int = 1, num_classes: int = 10,
                  fid_classifier: Callable[[], tuple] | None = None):
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, cosine=False)
         if inception_weights is not None and not Path(inception_weights).expanduser().is_file():
             raise MoezooError(f"model.inception_weights: {inception_weights} is not a file (torch-fidelity's "
                               "weights-inception-2015-12-05-6726825d.pth)")
         self.save_hyperparameters(ignore=["fid_classifier"])
+        self.make_transformer = transformer or MoEDiT
         self.fid_classifier = fid_classifier
         self.routing_label_names = {"timestep": timestep_bin_names(timestep_bins)}
         self.model: MoEDiT | None = None
@@ -89,7 +89,6 @@ class DiTTask(TaskModule):
             return
         h = self.hparams
         sample_size, channels = h.image_size, h.channels
-        hidden_size, depth, num_heads = SIZES[h.size] if h.size else (h.hidden_size, h.depth, h.num_heads)
         if h.vae is not None:
             self.vae = load_vae(h.vae)
             if self.vae.config.in_channels != h.channels:
@@ -97,15 +96,7 @@ class DiTTask(TaskModule):
                                   f"data has {h.channels} channels")
             sample_size = h.image_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
             channels = self.vae.config.latent_channels
-        self.model = MoEDiT(sample_size=sample_size, patch_size=h.patch_size, in_channels=channels,
-                            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=h.mlp_ratio,
-                            num_classes=h.num_classes, class_dropout_prob=h.class_dropout_prob,
-                            routing=h.routing, num_experts=h.num_experts, top_k=h.top_k,
-                            capacity_factor=h.capacity_factor, moe_every=h.moe_every,
-                            balance_loss_weight=h.balance_loss_weight,
-                            contrastive_loss_weight=h.contrastive_loss_weight, prototype_gate=h.prototype_gate,
-                            prototype_choice=h.prototype_choice, decoupled_routing=h.decoupled_routing,
-                            shared_expert=h.shared_expert)
+        self.model = self.make_transformer(sample_size, channels, h.num_classes)
         self.train_scheduler = DDPMScheduler(num_train_timesteps=1000)
 
     def scheduler(self):

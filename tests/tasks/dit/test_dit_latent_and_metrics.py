@@ -1,6 +1,7 @@
 """Latent diffusion through a diffusers AutoencoderKL, the Inception FID, and the expert-specialisation tables."""
 
 import json
+from functools import partial
 from unittest import mock
 
 import numpy as np
@@ -43,9 +44,10 @@ def test_latent_dit_trains_on_the_vaes_latents_and_decodes_its_samples(tmp_path)
     assert metrics["test/fid_cls"] > 0 and metrics["test/fid_inception"] > 0
     checkpoint = torch.load(metrics["best_model_path"], weights_only=False)
     assert not any(k.startswith("vae.") for k in checkpoint["state_dict"]), "the frozen VAE stays out of checkpoints"
-    from moezoo.tasks.dit import DiTTask
+    from moezoo.tasks.dit import DiTTask, MoEDiT
 
-    task = DiTTask(routing="token_choice", vae=str(tmp_path / "vae"), image_size=16, channels=1, num_classes=10)
+    task = DiTTask(partial(MoEDiT, routing="token_choice", hidden_size=32, depth=2, num_heads=2),
+                   vae=str(tmp_path / "vae"), image_size=16, channels=1, num_classes=10)
     task.configure_model()
     assert task.model.config.in_channels == 4 and task.model.config.sample_size == 8
     images = torch.rand(2, 1, 16, 16) * 2 - 1
@@ -127,9 +129,10 @@ def test_load_tables_count_every_assignment_by_timestep_bin_and_by_class():
 
 
 def test_size_presets_give_the_dit_s_shape():
-    from moezoo.tasks.dit import DiTTask
+    from moezoo.tasks.dit import DiTTask, MoEDiT
 
-    task = DiTTask(routing="promoe", size="S", num_experts=4, image_size=16, channels=1, num_classes=10)
+    task = DiTTask(partial(MoEDiT, routing="promoe", size="S", num_experts=4), image_size=16, channels=1,
+                   num_classes=10)
     task.configure_model()  # built from its own arguments: no trainer, no data module
     config = task.model.config
     assert (config.hidden_size, config.depth, config.num_heads) == (384, 12, 6)
