@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from moezoo.moe import GatedMixture, SoftRouter, StackedMLP
+from moezoo.moe import GatedMixture, RoutingRecord, SoftRouter, StackedMLP
 
 
 def module_key(name: str) -> str:
@@ -21,17 +21,22 @@ def module_key(name: str) -> str:
 
 
 class DomainGates(nn.Module):
-    """One soft gate per domain over the same experts; ``allowed`` restricts them (a hierarchy mask).
+    """One soft gate per domain over the same experts; ``allowed`` restricts them (a hierarchy mask). ``pool`` and
+    ``task``: the experts' record that counts the usage of every task's gates by task (``GatedMixture``'s pool).
 
     Shapes: gate_input [B, d], expert_outputs [E, B, h], domain [B] long -> [B, h].
     """
 
-    def __init__(self, dim: int, num_experts: int, domains: Sequence[str], allowed: Sequence[int] | None = None):
+    def __init__(self, dim: int, num_experts: int, domains: Sequence[str], allowed: Sequence[int] | None = None,
+                 pool: RoutingRecord | None = None, task: int | None = None):
         super().__init__()
         groups = None if allowed is None else [list(allowed)]
         self.allowed = None if allowed is None else list(allowed)
-        self.domains = nn.ModuleDict({module_key(d): GatedMixture(SoftRouter(dim, num_experts, expert_groups=groups))
-                                      for d in domains})
+        labels = None if task is None else {"task": task}
+        self.domains = nn.ModuleDict({
+            module_key(d): GatedMixture(SoftRouter(dim, num_experts, expert_groups=groups), pool=pool,
+                                        pool_labels=labels)
+            for d in domains})
 
     def forward(self, gate_input: torch.Tensor, expert_outputs: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         gates = list(self.domains.values())

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from moezoo.errors import MoezooError
-from moezoo.moe import StackedMLP
+from moezoo.moe import RoutingRecord, StackedMLP
 
 from .gates import DomainGates, DomainTowers, module_key
 
@@ -91,9 +91,11 @@ class HoMENet(nn.Module):
         # task level
         num_level2 = num_meta + len(self.tasks) * num_task
         self.task_experts = bank(num_level2, width)
+        self.task_experts.record = RoutingRecord()  # the task-level experts' usage by every task's gate, by task
         self.task_feature_gate = FeatureGate(num_level2, width, feature_gate_rank) if feature_gate else None
         self.task_gates = nn.ModuleDict({module_key(t): DomainGates(in_dim, num_level2, domains,
-                                                                    allowed=self.task_allowed(i))
+                                                                    allowed=self.task_allowed(i),
+                                                                    pool=self.task_experts.record, task=i)
                                          for i, t in enumerate(self.tasks)})
         if self_gate:
             self.meta_self_gates = nn.ModuleList(SelfGate(in_dim, self.category_experts(c)) for c in range(num_cats))

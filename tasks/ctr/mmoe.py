@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from moezoo.moe import StackedMLP
+from moezoo.moe import RoutingRecord, StackedMLP
 
 from .gates import DomainGates, DomainTowers, module_key
 
@@ -26,7 +26,10 @@ class MMoENet(nn.Module):
         super().__init__()
         self.tasks = list(tasks)
         self.experts = StackedMLP(num_experts, in_dim, expert_hidden, activation, batch_norm, dropout)
-        self.gates = nn.ModuleDict({module_key(t): DomainGates(in_dim, num_experts, domains) for t in self.tasks})
+        self.experts.record = RoutingRecord()  # the experts' usage by every task's gate, by task
+        self.gates = nn.ModuleDict({module_key(t): DomainGates(in_dim, num_experts, domains, pool=self.experts.record,
+                                                               task=i)
+                                    for i, t in enumerate(self.tasks)})
         self.towers = DomainTowers(len(self.tasks), len(domains), self.experts.out_dim, tower_hidden, dropout)
 
     def forward(self, v: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:

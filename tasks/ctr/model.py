@@ -6,8 +6,10 @@ Loss: sum_t w_t BCE(y_t, sigmoid(logit_t)). Metrics per stage (``val``/``test``)
 the data names a user column (``<stage>/gauc_<task>``). Validation and test also report each gate's expert usage
 over the stage (``<stage>/routing/<gate>/load_e<i>``; gates are named by task and domain) and, for the routers that
 see every domain, the usage per domain and its NMI with the expert (``<stage>/routing/<gate>/domain=<d>/e<i>``,
-``<stage>/routing/domain_nmi``): the core's load by label, the numbers users look at to see which experts each task
-and domain uses.
+``<stage>/routing/domain_nmi``), and for the experts that several tasks' gates share (MMoE's experts, each PLE
+level's, HoME's task level) their usage by task and its NMI with the expert
+(``<stage>/routing/<experts>/task=<t>/e<i>``, ``<stage>/routing/task_nmi``): the core's load by label, the numbers
+users look at to see which experts each task and domain uses.
 
 The network is injected (``network``: MMoE, PLE/CGC, HoME or AdaptDHM with its own arguments) and built in
 ``configure_model`` from the data's fields, tasks and domains (arguments linked from the data module by the CLI).
@@ -94,7 +96,7 @@ class CTRTask(TaskModule):
             for d in range(len(domains) + 1 if len(domains) > 1 else 1)})  # d = len(domains): all domains
         self.logloss = nn.ModuleDict({f"{stage}_{t}": MeanMetric() for stage in STAGES for t in range(len(tasks))})
         self._gauc_buffer: dict[str, list] = {stage: [] for stage in STAGES}
-        self.routing_label_names = {"domain": list(domains)}
+        self.routing_label_names = {"domain": list(domains), "task": list(tasks)}
         self.built = True
 
     # -- forward, loss, metrics ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from moezoo.moe import StackedMLP
+from moezoo.moe import RoutingRecord, StackedMLP
 
 from .gates import DomainGates, DomainTowers, module_key
 
@@ -36,8 +36,10 @@ class PLENet(nn.Module):
         dim = in_dim
         for level in range(num_levels):
             self.experts.append(StackedMLP(num_experts, dim, expert_hidden, activation, batch_norm, dropout))
+            self.experts[-1].record = RoutingRecord()  # the level's experts' usage by every task's gate, by task
             self.task_gates.append(nn.ModuleDict({
-                module_key(t): DomainGates(dim, num_experts, domains, allowed=self.allowed(i))
+                module_key(t): DomainGates(dim, num_experts, domains, allowed=self.allowed(i),
+                                           pool=self.experts[-1].record, task=i)
                 for i, t in enumerate(self.tasks)}))
             if level < num_levels - 1:
                 self.shared_gates.append(DomainGates(dim, num_experts, ["shared"]))

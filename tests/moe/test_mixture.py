@@ -2,7 +2,15 @@
 
 import torch
 
-from moezoo.moe import GatedMixture, SoftRouter, routing_stats, take_expert_load
+from moezoo.moe import (
+    GatedMixture,
+    RoutingRecord,
+    SoftRouter,
+    load_by_label,
+    routing_labels,
+    routing_stats,
+    take_expert_load,
+)
 
 
 def test_soft_router_is_the_softmax_of_the_gate_over_all_experts():
@@ -52,3 +60,23 @@ def test_soft_load_is_gate_mass_and_grouped_load_is_split_by_group():
     torch.testing.assert_close(stats["group_load"][0], weights[group == 0].sum(0) / 3)
     assert stats["group_load"][0, 2:].sum() == 0 and stats["group_load"][1, :2].sum() == 0
     torch.testing.assert_close(take_expert_load(mixture)[""], weights.sum(0))
+
+
+def test_gates_pooled_into_their_experts_record_count_by_their_constant_label():
+    torch.manual_seed(0)
+    pool = RoutingRecord()
+    owner = torch.nn.Module()
+    owner.experts = torch.nn.Identity()
+    owner.experts.record = pool
+    owner.gates = torch.nn.ModuleList(GatedMixture(SoftRouter(4, 3), pool=pool, pool_labels={"task": t})
+                                      for t in range(2))
+    x, outputs = torch.randn(5, 4), torch.randn(3, 5, 2)
+    owner.gates[0](x, outputs)  # outside routing_labels: nothing is counted
+    assert pool.by_label == {}
+    with routing_labels(owner, {}):
+        for gate in owner.gates:
+            gate(x, outputs)
+    tables = load_by_label(owner)
+    weights = [torch.softmax(x @ gate.router.gate.weight.t(), -1).sum(0) for gate in owner.gates]
+    torch.testing.assert_close(tables["experts"]["task"]["counts"], torch.stack(weights).detach())
+    assert pool.losses == [] and pool.last == {} and pool.load_total is None

@@ -35,6 +35,14 @@ def test_every_ctr_variant_learns_the_generator_and_reports_auc_per_task_and_dom
     assert gates, "expert usage over the test set"
     for gate in gates:
         assert sum(v for k, v in metrics.items() if k.startswith(f"{gate}/load_e")) == pytest.approx(1.0, abs=1e-4)
+    if task != "ctr/adaptdhm":  # the experts the task gates share: their usage by task, and its NMI with the expert
+        assert 0 <= metrics["test/routing/task_nmi"] <= 1
+        for name in ("click", "purchase"):
+            rows = {k.split("/task=")[0] for k in metrics if f"/task={name}/e" in k}
+            assert rows, f"usage by task {name}"
+            for row in rows:
+                usage = [v for k, v in metrics.items() if k.startswith(f"{row}/task={name}/e")]
+                assert sum(usage) == pytest.approx(1.0, abs=1e-4)
     if task == "ctr/adaptdhm":  # clusters see every domain: their usage per domain, and its NMI with the cluster
         assert 0 <= metrics["test/routing/domain_nmi"] <= 1
         assert any(k.startswith("test/routing/net.adaptation/domain=") for k in metrics)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from moezoo.kernels import grouped_mm, sort_by_expert
-from moezoo.moe import StackedMLP
+from moezoo.moe import GatedMixture, StackedMLP, aux_loss, load_by_label, routing_labels, routing_stats
+from moezoo.moe.stats import normalized_mutual_information
 from moezoo.tasks.ctr.adaptdhm import AdaptDHMNet, ClusterNetworks, DistributionAdaptation
 from moezoo.tasks.ctr.home import FeatureGate, HoMENet, SelfGate
 from moezoo.tasks.ctr.metrics import gauc
@@ -63,6 +64,31 @@ def test_mmoe_is_each_tasks_softmax_mixture_of_shared_experts_through_its_tower(
         mixed = torch.einsum("be,ebh->bh", g, experts)
         tower = net.towers.towers[t]
         torch.testing.assert_close(net(v, domain)[:, t], _expert(tower, 0, mixed).squeeze(-1))
+
+
+@pytest.mark.parametrize("net", [MMoENet, PLENet, HoMENet])
+def test_the_shared_experts_count_each_tasks_gate_mass_by_task(net):
+    torch.manual_seed(0)
+    net = net(6, ["a", "b", "c"], ["d0", "d1"]).eval()
+    v, domain = torch.randn(12, 6), torch.tensor([0, 1, 1] * 4)
+    with routing_labels(net, {"domain": domain}):
+        net(v, domain)
+    tables = load_by_label(net)
+    names = {id(module): name for name, module in net.named_modules()}
+    pools = {name: module.record for name, module in net.named_modules()
+             if hasattr(module, "record") and not isinstance(module, GatedMixture)}
+    assert pools, "the experts shared by the task gates count their usage by task"
+    for pool_name, record in pools.items():
+        expected = torch.zeros_like(tables[pool_name]["task"]["counts"])
+        for gate in net.modules():
+            if isinstance(gate, GatedMixture) and gate.pool is record:
+                expected[gate.pool_labels["task"]] += tables[names[id(gate)]]["*"]["counts"][0]
+        # each task's row: the gate mass of that task's gates over every domain (each sample goes through one)
+        torch.testing.assert_close(tables[pool_name]["task"]["counts"], expected)
+        torch.testing.assert_close(expected.sum(1), torch.full((3,), 12.0))
+        assert tables[pool_name]["task"]["nmi"] == pytest.approx(normalized_mutual_information(expected))
+    assert not any(name in routing_stats(net) for name in pools), "the pool keeps no last-forward statistics"
+    assert aux_loss(net) == 0.0
 
 
 def test_multi_domain_samples_use_only_their_domains_gate_and_tower():
