@@ -12,13 +12,13 @@ from moezoo.moe import DenseMLP, MoE, MoEArgs
 class SelfAttention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, *, device=None, dtype=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, device=device, dtype=dtype)
+        self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
@@ -39,22 +39,24 @@ class TransformerBlock(nn.Module):
 
     ``decoupled_routing`` (EC-DiT / NucleusMoE, adaLN only): an MoE FFN's router sees [c, norm(x)], the condition
     next to the un-modulated token, while its experts compute on the modulated h; its router then takes
-    ``cond_dim + dim`` inputs.
+    ``cond_dim + dim`` inputs. ``device``/``dtype``: of the block's own parameters (the ``ffn`` is built by the
+    caller).
     """
 
     def __init__(self, dim: int, num_heads: int, ffn: nn.Module, *, cond_dim: int | None = None,
-                 dropout: float = 0.0, decoupled_routing: bool = False):
+                 dropout: float = 0.0, decoupled_routing: bool = False, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.adaln = cond_dim is not None
         if decoupled_routing and not (self.adaln and isinstance(ffn, MoE)):
             raise ValueError("decoupled_routing needs adaLN conditioning (cond_dim) and an MoE FFN")
         self.decoupled_routing = decoupled_routing
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=not self.adaln, eps=1e-6)
-        self.attn = SelfAttention(dim, num_heads, dropout)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=not self.adaln, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=not self.adaln, eps=1e-6, **dd)
+        self.attn = SelfAttention(dim, num_heads, dropout, **dd)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=not self.adaln, eps=1e-6, **dd)
         self.ffn = ffn
         if self.adaln:
-            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
+            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim, **dd))
             nn.init.zeros_(self.modulation[1].weight)
             nn.init.zeros_(self.modulation[1].bias)
 
@@ -83,20 +85,24 @@ class MoETransformer(nn.Module):
     Keywords of ``forward`` other than ``cond``, ``attn_mask`` and ``is_causal`` go to the MoE layers
     (``group``, ``router_input``, ``condition``). With ``is_causal`` the model is causal only under dropless
     token-choice routing: with a capacity factor, or expert choice, which tokens an expert takes depends on later ones.
+    ``device``/``dtype``: of every parameter, as timm's layers take them (``device="meta"`` allocates nothing: build
+    a large model there, then ``to_empty`` and load or upcycle its weights).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, *, mlp_ratio: float = 4.0, moe: MoEArgs | None = None,
-                 moe_every: int = 2, cond_dim: int | None = None, dropout: float = 0.0, activation: str = "gelu"):
+                 moe_every: int = 2, cond_dim: int | None = None, dropout: float = 0.0, activation: str = "gelu",
+                 device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         hidden = int(dim * mlp_ratio)
         moe = moe or MoEArgs()
         blocks = []
         for i in range(depth):
             use_moe = moe_every > 0 and (i + 1) % moe_every == 0
-            ffn = moe.build(dim, hidden) if use_moe else DenseMLP(dim, hidden, activation=activation)
-            blocks.append(TransformerBlock(dim, num_heads, ffn, cond_dim=cond_dim, dropout=dropout))
+            ffn = moe.build(dim, hidden, **dd) if use_moe else DenseMLP(dim, hidden, activation=activation, **dd)
+            blocks.append(TransformerBlock(dim, num_heads, ffn, cond_dim=cond_dim, dropout=dropout, **dd))
         self.blocks = nn.ModuleList(blocks)
-        self.norm = nn.LayerNorm(dim, elementwise_affine=cond_dim is None, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=cond_dim is None, eps=1e-6, **dd)
 
     def forward(self, x, cond=None, attn_mask=None, is_causal=False, **moe_kwargs):
         for block in self.blocks:

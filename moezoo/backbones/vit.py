@@ -29,10 +29,8 @@ class MoEMlp(nn.Module):
         if act_layer not in _ACTIVATION_NAMES:
             raise ValueError(f"MoEMlp: unsupported act_layer {act_layer}; valid: {list(_ACTIVATION_NAMES)}")
         args = MoEArgs(**{**moe.__dict__, "activation": _ACTIVATION_NAMES[act_layer]})
-        self.moe = args.build(in_features, hidden_features or 4 * in_features)
+        self.moe = args.build(in_features, hidden_features or 4 * in_features, device=device, dtype=dtype)
         self.drop = nn.Dropout(drop)
-        if device is not None or dtype is not None:
-            self.to(device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.moe(x))
@@ -40,15 +38,19 @@ class MoEMlp(nn.Module):
 
 def moe_vit(*, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
             embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
-            moe: MoEArgs | None = None, moe_every: int = 2, **timm_kwargs) -> VisionTransformer:
+            moe: MoEArgs | None = None, moe_every: int = 2, device=None, dtype=None,
+            **timm_kwargs) -> VisionTransformer:
     """A timm ``VisionTransformer`` whose blocks moe_every-1, 2*moe_every-1, ... use ``MoEMlp``.
 
-    All other arguments go to timm (``global_pool``, ``drop_path_rate``, ``class_token``, ...).
+    All other arguments go to timm (``global_pool``, ``drop_path_rate``, ``class_token``, ...). ``device``/``dtype``:
+    of every parameter (timm's layers and the MoE layers are built there: ``device="meta"`` allocates nothing).
     """
+    dd = dict(device=device, dtype=dtype)
     vit = VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-                            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, **timm_kwargs)
+                            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, **dd,
+                            **timm_kwargs)
     for i, block in enumerate(vit.blocks):
         if moe_every > 0 and (i + 1) % moe_every == 0:
             block.mlp = MoEMlp(embed_dim, int(embed_dim * mlp_ratio), act_layer=type(block.mlp.act), moe=moe,
-                               drop=block.mlp.drop1.p)
+                               drop=block.mlp.drop1.p, **dd)
     return vit

@@ -94,3 +94,16 @@ def test_decoupled_routing_routes_on_the_condition_and_the_unmodulated_token():
     torch.testing.assert_close(seen["x"], expected)
     with pytest.raises(ValueError, match="decoupled_routing needs adaLN"):
         TransformerBlock(dim, 2, DenseMLP(dim, 16), cond_dim=cond_dim, decoupled_routing=True)
+
+
+def test_the_transformer_builds_on_the_meta_device_and_in_a_dtype_without_allocating():
+    meta = MoETransformer(32, 2, 2, moe=MoEArgs(num_experts=4), cond_dim=16, device="meta")
+    assert {p.device.type for p in meta.parameters()} == {"meta"}
+    torch.manual_seed(0)
+    real = MoETransformer(32, 2, 2, moe=MoEArgs(num_experts=4), cond_dim=16)
+    meta.to_empty(device="cpu").load_state_dict(real.state_dict())  # the upcycling / loading path
+    x, cond = torch.randn(2, 5, 32), torch.randn(2, 16)
+    torch.testing.assert_close(meta(x, cond), real(x, cond))
+    double = MoETransformer(32, 2, 2, moe=MoEArgs(num_experts=4), dtype=torch.float64)
+    assert {p.dtype for p in double.parameters()} == {torch.float64}
+    assert double(x.double()).dtype == torch.float64

@@ -57,3 +57,10 @@ def test_moe_mlp_takes_timms_mlp_signature():
     assert MoEMlp(16, act_layer=torch.nn.SiLU).moe.experts.activation == "silu"
     with pytest.raises(ValueError, match="out_features"):
         MoEMlp(16, 24, out_features=8)
+
+
+def test_moe_vit_builds_every_parameter_on_the_meta_device():
+    vit = moe_vit(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=32, depth=2, num_heads=2,
+                  moe=MoEArgs(num_experts=4), device="meta")
+    assert {t.device.type for t in [*vit.parameters(), *vit.buffers()]} == {"meta"}
+    assert any(isinstance(block.mlp, MoEMlp) for block in vit.blocks)
