@@ -21,6 +21,8 @@ def test_mowst_fits_on_embedded_cora_and_tests_again_from_its_checkpoint(tmp_pat
           "12", "--model.init_args.phase_patience", "3", *QUIET])
     fit = _metrics(tmp_path)
     assert {"test/acc", "test/acc_sampled", "train/phase_is_weak"} <= fit.keys()
+    # 12 epochs on Cora: measured 0.61-0.70 (seeds 0, 1); the majority class is 0.32 of the test nodes, chance 1/7
+    assert fit["test/acc"] > 0.5
     # the core's load by label: the weak expert's share (e0, mass of C) per class and degree bucket of test nodes
     weak, strong = fit["test/routing/gate/load_e0"], fit["test/routing/gate/load_e1"]
     assert 0 <= weak <= 1 and weak + strong == pytest.approx(1.0)
