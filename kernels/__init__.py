@@ -9,11 +9,18 @@ Backends: ``reference`` (torch; uses torch's grouped_mm where its dtype/alignmen
 ``auto`` (triton on CUDA, reference elsewhere). Choose with the ``backend=`` argument or ``$MOEZOO_KERNEL_BACKEND``.
 Both ops are torch.library ops (``moezoo::grouped_mm``, ``moezoo::moe_mlp``; ``ops.py``), so torch.compile traces
 them with fullgraph=True.
+
+Precision: each call computes in one dtype. Under ``torch.autocast`` the floating-point inputs (tokens, routing
+weights, expert weights and biases) are cast to the region's dtype first, as for torch's own matmul, and the
+gradients of float32 master weights come back in float32; outside autocast, tokens and expert weights of different
+dtypes are an error (``DtypeMismatchError``, a ``MoezooError``).
 """
 
 from __future__ import annotations
 
 import torch
+
+from moezoo.errors import MoezooError
 
 from . import moe_mlp as _reference_moe_mlp
 from . import ops
@@ -31,11 +38,25 @@ register_backend(
 _register_triton()  # imports no triton: the kernels load at their first call
 
 
+class DtypeMismatchError(MoezooError, ValueError):
+    """Tokens and expert weights of different dtypes outside autocast (a ValueError, as the kernels' other input
+    errors are)."""
+
+
+def _check_dtypes(op: str, x: torch.Tensor, **weights: torch.Tensor | None) -> None:
+    for name, t in weights.items():
+        if t is not None and t.dtype != x.dtype:
+            raise DtypeMismatchError(f"moezoo.kernels.{op}: {name} is {t.dtype} but x is {x.dtype}; give the "
+                                     "experts the tokens' dtype (model.to(dtype)) or run under torch.autocast")
+
+
 def grouped_mm(x: torch.Tensor, w: torch.Tensor, offsets: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """Differentiable grouped GEMM: out[rows of expert e] = x[rows of e] @ w[e].
 
     x [N, K] sorted by expert, w [E, K, M], offsets [E] cumulative row ends (any integer dtype) -> [N, M].
     """
+    x, w = ops.autocast_inputs(x.device.type, x, w)  # before choosing the backend: it runs the autocast dtype
+    _check_dtypes("grouped_mm", x, w=w)
     name = resolve("grouped_mm", backend, x)
     return ops.grouped_mm(x, w, offsets.to(torch.int32).contiguous(), name)
 
@@ -67,12 +88,15 @@ def moe_mlp(
         raise ValueError(f"glu=True needs w1 with an even number of columns (a and b halves); got {width}")
     if x.shape[-1] != d or tuple(w2.shape[:2]) != (num_experts, width // 2 if glu else width):
         raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}")
+    x, weight, w1, w2, b1, b2 = ops.autocast_inputs(x.device.type, x, weight, w1, w2, b1, b2)
+    _check_dtypes("moe_mlp", x, w1=w1, w2=w2, b1=b1, b2=b2)
     name = resolve("moe_mlp", backend, x)
     return ops.moe_mlp(x, token_index, expert_index, weight, w1, w2, b1, b2, activation, glu, name)
 
 
 __all__ = [
     "ACTIVATIONS",
+    "DtypeMismatchError",
     "GroupedMMKernels",
     "MoEMLPKernels",
     "apply_activation",

@@ -12,6 +12,13 @@ kernel (output shapes from input shapes, no data read), and the two forward ops 
 other ops, so ``torch.compile(fullgraph=True)`` traces forward and backward without running a kernel.
 ``moe_mlp`` returns what its backward needs as extra outputs: an op's autograd may keep only inputs and outputs.
 
+Mixed precision: an op computes in one dtype (its inputs'). Under ``torch.autocast`` the wrappers ``grouped_mm`` and
+``moe_mlp`` below (what ``moezoo.kernels`` calls, eager or compiled) first cast the floating-point inputs to the
+region's dtype, as autocast does for torch's own matmul (``autocast_inputs``): the casts are differentiable, so the
+gradient of a float32 master weight arrives in float32. (``torch.library.register_autocast`` would cast to one
+dtype fixed at registration; the region's dtype is known only when the op runs, and the eager path below does not go
+through the dispatcher.)
+
 Eager calls do not go through the dispatcher: ``grouped_mm`` and ``moe_mlp`` below run the same backend functions
 through an ``autograd.Function`` unless torch.compile is tracing. custom_op's Python layers (dispatcher, generated
 autograd.Function, tensor-list flattening) cost about 0.25 ms (grouped_mm) and 1 ms (moe_mlp) per forward +
@@ -25,6 +32,25 @@ import torch
 from torch import Tensor
 
 from .dispatch import kernels
+
+# device types torch can autocast here (torch.is_autocast_enabled raises for others, e.g. meta)
+_AUTOCAST_DEVICES = frozenset(d for d in ("cpu", "cuda", "xpu", "mps", "hpu") if torch.amp.is_autocast_available(d))
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether a ``torch.autocast`` region for ``device_type`` is active (False for devices autocast does not know)."""
+    return device_type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device_type)
+
+
+def autocast_inputs(device_type: str, *args):
+    """``args`` as autocast casts a matmul's inputs: inside a ``torch.autocast`` region for ``device_type``, every
+    floating-point tensor but float64 in the region's dtype (a differentiable cast); anything else, and everything
+    outside a region, unchanged. Plain Python on the autocast state: torch.compile traces the casts."""
+    if not autocast_enabled(device_type):
+        return args
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(a.to(dtype) if isinstance(a, Tensor) and a.is_floating_point() and a.dtype != torch.float64 else a
+                 for a in args)
 
 # -- grouped_mm -------------------------------------------------------------------------------------------------------
 
@@ -86,7 +112,9 @@ class _EagerGroupedMM(torch.autograd.Function):
 
 
 def grouped_mm(x: Tensor, w: Tensor, offsets: Tensor, backend: str) -> Tensor:
-    """Differentiable ``moezoo::grouped_mm``: the op under torch.compile, the direct path in eager mode."""
+    """Differentiable ``moezoo::grouped_mm``: the op under torch.compile, the direct path in eager mode; under
+    autocast on the region's dtype (``autocast_inputs``)."""
+    x, w = autocast_inputs(x.device.type, x, w)
     if torch.compiler.is_compiling():
         return grouped_mm_op(x, w, offsets, backend)
     return _EagerGroupedMM.apply(x, w, offsets, backend)
@@ -175,7 +203,8 @@ class _EagerMoEMLP(torch.autograd.Function):
 
 def moe_mlp(*args) -> Tensor:
     """Differentiable y of ``moezoo::moe_mlp`` on ``moe_mlp_op``'s arguments: the op under torch.compile, the direct
-    path in eager mode."""
+    path in eager mode; under autocast on the region's dtype (``autocast_inputs``: x, weight, w1, w2, b1, b2)."""
+    args = autocast_inputs(args[0].device.type, *args)
     if torch.compiler.is_compiling():
         return moe_mlp_op(*args)[0]
     return _EagerMoEMLP.apply(*args)

@@ -5,6 +5,7 @@ from .experts import DenseMLP, GroupedMLP, ModuleExperts
 from .layer import MoE
 from .losses import global_batch_load_balancing_loss, router_z_loss, switch_load_balancing_loss
 from .mixture import GatedMixture
+from .precision import ExpertLayerwiseCasting, enable_expert_layerwise_casting
 from .prototype import PrototypeRouter, routing_contrastive_loss
 from .record import RoutingRecord, in_backward
 from .routers import ExpertChoiceRouter, Router, SoftRouter, TopKRouter, TopPRouter
@@ -25,6 +26,7 @@ from .stats import (
 __all__ = [
     "DenseMLP",
     "ExpertChoiceRouter",
+    "ExpertLayerwiseCasting",
     "GatedMixture",
     "GroupedMLP",
     "MoE",
@@ -42,6 +44,7 @@ __all__ = [
     "after_optimizer_step",
     "aux_loss",
     "aux_loss_terms",
+    "enable_expert_layerwise_casting",
     "global_batch_load_balancing_loss",
     "in_backward",
     "load_by_label",

@@ -16,8 +16,10 @@ class MoE(nn.Module):
     restricting its experts), ``condition`` (per-sample information for the router).
 
     Every real forward in training mode records the router's aux losses on this layer (collected and cleared by
-    ``moezoo.moe.aux_loss(model)``); a recomputation during backward (activation checkpointing) records nothing.
-    Routing statistics of the last forward are kept for ``routing_stats``.
+    ``moezoo.moe.aux_loss(model)``; those of its latest ``record.max_pending`` forwards wait, older ones are dropped);
+    a recomputation during backward (activation checkpointing) records nothing. Routing statistics of the last
+    forward are kept for ``routing_stats``. Under ``torch.autocast`` the experts compute in the region's dtype and the
+    router in float32 (``moezoo.moe.precision``).
     """
 
     def __init__(self, dim: int, router: nn.Module, experts: nn.Module, shared_experts: nn.Module | None = None):

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import router_precision
 from .routing import Routing
 
 
@@ -51,7 +52,8 @@ class PrototypeRouter(nn.Module):
 
     ``forward(x [T, d], condition=None)``: ``condition`` is a bool mask of dropped-label tokens, per token [T] or per
     sample [B] (each sample's T / B tokens follow each other). Returns a Routing over num_routed (+1) experts whose
-    ``aux_losses`` hold ``routing_contrastive`` in training.
+    ``aux_losses`` hold ``routing_contrastive`` in training. Similarities, choices and the loss are computed in float32
+    (float64 for float64 tokens), under autocast too; the weights come back in x's dtype.
     """
 
     def __init__(self, dim: int, num_routed: int, k: int = 1, *, unconditional_expert: bool = True,
@@ -107,9 +109,16 @@ class PrototypeRouter(nn.Module):
     def forward(self, x: torch.Tensor, *, group=None, condition=None) -> Routing:
         if group is not None:
             raise ValueError("the prototype router has no expert groups")
+        with router_precision(x):  # under autocast too: similarities, choices and the loss in float32 (or float64)
+            routing = self._route(x.to(torch.promote_types(x.dtype, torch.float32)), condition)
+        routing.weight = routing.weight.to(x.dtype)
+        return routing
+
+    def _route(self, x: torch.Tensor, condition) -> Routing:
         num_tokens = x.shape[0]
         unconditional = self._token_mask(condition, num_tokens, x.device)
-        similarity = F.normalize(x.float(), dim=-1) @ F.normalize(self.prototypes.float(), dim=-1).t()  # [T, R]
+        prototypes = self.prototypes.to(x.dtype)
+        similarity = F.normalize(x, dim=-1) @ F.normalize(prototypes, dim=-1).t()  # [T, R]
         if self.gate == "softmax":
             scores = torch.softmax(similarity, -1)
         elif self.gate == "sigmoid":
@@ -141,7 +150,7 @@ class PrototypeRouter(nn.Module):
         aux = {}
         if self.training and self.contrastive_loss_weight > 0:
             aux["routing_contrastive"] = self.contrastive_loss_weight * routing_contrastive_loss(
-                self.prototypes, x[members[0]], members[1], self.temperature)
-        return Routing(token_index=token_index, expert_index=expert_index, weight=weight.to(x.dtype),
+                prototypes, x[members[0]], members[1], self.temperature)
+        return Routing(token_index=token_index, expert_index=expert_index, weight=weight,
                        num_tokens=num_tokens, num_experts=self.num_experts, probs=probs, logits=logits,
                        aux_losses=aux)

@@ -14,6 +14,8 @@ outside the stage's split); a label that cannot be laid onto a forward's tokens 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .routing import Routing
@@ -51,10 +53,21 @@ def label_sizes(labels: dict[str, torch.Tensor]) -> dict[str, int]:
 
 class RoutingRecord:
     """Per routing module: aux losses waiting to be collected, statistics of the last forward, training load since
-    the last ``take_expert_load``, and the load by label value since the last ``load_by_label(reset=True)``."""
+    the last ``take_expert_load``, and the load by label value since the last ``load_by_label(reset=True)``.
+
+    Aux losses wait for ``moezoo.moe.aux_loss`` from at most the latest ``max_pending`` training forwards: each
+    carries its forward's autograd graph, so a loop that never collects them (a hand-written training loop, forwards
+    in train mode for analysis) holds ``max_pending`` graphs, not one per step. An older forward's losses are
+    dropped, with a warning when they carried a graph (they never reach a loss). Raise ``max_pending`` on a record
+    whose layer runs more often than that between two collections.
+    """
+
+    max_pending = 4  # two forwards per step (classifier-free guidance) with room; under torch.compile each length
+    # up to it is a guard of its own, so a compiled loop that never collects compiles max_pending + 1 times
 
     def __init__(self):
         self.losses: list[dict[str, torch.Tensor]] = []
+        self.warned_drop = False
         self.last: dict[str, torch.Tensor] = {}
         self.load_total: torch.Tensor | None = None
         self.labels: dict[str, torch.Tensor] | None = None  # attached by routing_labels() for the forwards inside it
@@ -68,7 +81,7 @@ class RoutingRecord:
         if in_backward():
             return
         if training and routing.aux_losses:
-            self.losses.append(routing.aux_losses)
+            self._keep_losses(routing.aux_losses)
         with torch.no_grad():
             counts = routing.expert_load()
             probs = routing.probs.float()
@@ -84,6 +97,18 @@ class RoutingRecord:
                 self._count_by_label(routing, labels, label_sizes(labels))
             elif self.labels is not None:
                 self._count_by_label(routing, self.labels, self.label_sizes)
+
+    def _keep_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        excess = len(self.losses) + 1 - self.max_pending
+        if excess > 0:
+            dropped, self.losses = self.losses[:excess], self.losses[excess:]
+            if (not torch.compiler.is_compiling() and not self.warned_drop
+                    and any(v.requires_grad for d in dropped for v in d.values())):
+                self.warned_drop = True  # once per record: a loop that never collects would warn every step
+                warnings.warn(f"an MoE layer dropped aux losses nobody collected (it keeps those of its latest "
+                              f"{self.max_pending} forwards): add moezoo.moe.aux_loss(model) to the loss after each "
+                              "forward, or raise the layer's record.max_pending", stacklevel=2)
+        self.losses.append(losses)
 
     def _count_by_label(self, routing: Routing, labels: dict[str, torch.Tensor], sizes: dict[str, int]) -> None:
         # no boolean masks and no sizes read from the data here, so torch.compile(fullgraph=True) traces it: ids < 0

@@ -4,6 +4,9 @@ Every router shares what ``Router`` does: a linear gate (logits = x W_g), softma
 (a token may only use the experts of its group), null experts (extra slots whose assignments produce nothing),
 auxiliary losses (Switch balancing, z-loss, global-batch balancing) and auxiliary-loss-free bias balancing.
 Subclasses decide only which assignments to make (``select``).
+
+Under ``torch.autocast`` a router scores in float32 (``moezoo.moe.precision``): the gate's matmul, the softmax or
+sigmoid, the top-k and the aux losses; the experts compute in the region's dtype.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from moezoo.kernels.ops import autocast_enabled
 
 from .losses import all_reduce_counts, global_batch_load_balancing_loss, router_z_loss, switch_load_balancing_loss
+from .precision import router_precision
 from .routing import Routing
 
 
@@ -94,8 +101,18 @@ class Router(nn.Module):
         raise NotImplementedError
 
     # -- shared machinery ----------------------------------------------------------------------------------------
+    def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x W_g [T, S]; under autocast in float32 (autocast would round them to its dtype), on float32 copies of x and
+        W_g (differentiable casts: the gradient reaches W_g in its own dtype)."""
+        if not autocast_enabled(x.device.type):
+            return self.gate(x)
+        weight = self.gate.weight
+        dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), torch.float32)
+        with router_precision(x):
+            return F.linear(x.to(dtype), weight.to(dtype))
+
     def forward(self, x: torch.Tensor, *, group: torch.Tensor | None = None, condition=None) -> Routing:
-        logits = self.gate(x)
+        logits = self.gate_logits(x)
         allowed, record_group = None, group
         if self.group_mask is not None:
             if group is None and self.group_mask.shape[0] == 1:  # a static mask: no grouping to report

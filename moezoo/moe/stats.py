@@ -20,7 +20,8 @@ def moe_layers(model: nn.Module):
 
 
 def aux_loss_terms(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The aux losses recorded since the last call, summed per kind over layers and forwards; clears them."""
+    """The aux losses recorded since the last call, summed per kind over layers and forwards; clears them (the
+    rule of ``aux_loss``)."""
     terms: dict[str, torch.Tensor] = {}
     for _, layer in moe_layers(model):
         for losses in layer.record.losses:
@@ -31,7 +32,14 @@ def aux_loss_terms(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def aux_loss(model: nn.Module) -> torch.Tensor | float:
-    """Sum of all aux losses recorded since the last call (0.0 if none); clears them."""
+    """Sum of all aux losses recorded since the last call (0.0 if none); clears them.
+
+    Every training-mode forward of a layer records its router's aux losses, with their autograd graph, until a call
+    collects them: call it after the forward(s) of each step, ``loss = task_loss + aux_loss(model)`` (``TaskModule``
+    does), and the forwards since the last call all count, a layer run twice (classifier-free guidance) twice. A
+    layer keeps the losses of its latest ``RoutingRecord.max_pending`` (4) forwards only: in a loop that never calls
+    this, older ones are dropped (with a warning), so their graphs are freed instead of piling up.
+    """
     return sum(aux_loss_terms(model).values(), 0.0)
 
 

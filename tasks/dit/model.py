@@ -37,13 +37,14 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from moezoo.backbones.transformer import TransformerBlock, modulate
 from moezoo.moe import DenseMLP, ExpertChoiceRouter, GroupedMLP, MoE, PrototypeRouter, TopKRouter
+from moezoo.moe.precision import ExpertLayerwiseCasting
 
 ROUTINGS = ("dense", "token_choice", "expert_choice", "promoe")
 # (hidden_size, depth, num_heads) of the DiT / ProMoE sizes; GPU scale (the default task size trains on CPU)
 SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
 
 
-class MoEDiT(ModelMixin, ConfigMixin):
+class MoEDiT(ExpertLayerwiseCasting, ModelMixin, ConfigMixin):  # layerwise casting reaches the experts
     """Class-conditional DiT with MoE FFNs.
 
     Shapes: sample [B, C, H, W], timestep [B] (or a scalar), class_labels [B] long -> [B, C, H, W].
