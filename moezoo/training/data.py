@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
@@ -38,12 +38,14 @@ def load_digits_images(image_size: int = 8, channels: int = 1) -> tuple[torch.Te
     return images, torch.tensor(digits.target, dtype=torch.long)
 
 
-def stratified_split(labels, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def stratified_split(labels, val_fraction: float, test_fraction: float, seed: int,
+                     class_names: list[str] | None = None, source: str = "data") -> dict[str, np.ndarray]:
     """Indices {train, val, test} of a seeded stratified split of ``labels`` [N].
 
     Two steps of scikit-learn's ``train_test_split`` with ``random_state=seed``: train against the held-out
     ``val_fraction + test_fraction``, then the held-out part into val and test, each step stratified by label, so
-    every split keeps the class proportions and the same seed always gives the same split.
+    every split keeps the class proportions and the same seed always gives the same split. ``class_names``
+    (label -> name) name the smallest class, and ``source`` the data, in the error when a class is too small.
     """
     labels = np.asarray(labels)
     held_out = val_fraction + test_fraction
@@ -56,10 +58,29 @@ def stratified_split(labels, val_fraction: float, test_fraction: float, seed: in
         val, test = train_test_split(rest, test_size=test_fraction / held_out, stratify=labels[rest],
                                      random_state=seed)
     except ValueError as err:  # too few samples of a class for the stratified fractions
-        message = str(err).replace("\n", " ")
-        raise MoezooError(f"data: cannot split {len(labels)} samples stratified into val_fraction={val_fraction}, "
-                          f"test_fraction={test_fraction}: {message}") from None
+        message = " ".join(str(err).split())
+        values, counts = np.unique(labels, return_counts=True)
+        smallest = "" if not len(labels) else values[counts.argmin()]
+        name = repr(class_names[smallest]) if class_names is not None and len(labels) else repr(smallest)
+        raise MoezooError(f"{source}: cannot split {len(labels)} samples stratified into val_fraction={val_fraction}, "
+                          f"test_fraction={test_fraction}: {message} (these fractions need about "
+                          f"{samples_per_class(val_fraction, test_fraction)} samples per class; the smallest class, "
+                          f"{name}, has {counts.min() if len(labels) else 0})") from None
     return {"train": train, "val": val, "test": test}
+
+
+def samples_per_class(val_fraction: float, test_fraction: float) -> int:
+    """About how many samples each class needs for ``stratified_split`` at these fractions.
+
+    The held-out part must keep two of a class (it is split stratified again), and val, test and train one each;
+    measured against scikit-learn it suffices except at fractions of a few percent, where rounding needs more.
+    """
+    held_out = val_fraction + test_fraction
+    return max(3, int(np.ceil(max(2 / held_out, 1 / val_fraction, 1 / test_fraction, 1 / (1 - held_out)) - 1e-9)))
+
+
+def _reason(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__
 
 
 class CheckedImageFolder(ImageFolder):
@@ -68,14 +89,19 @@ class CheckedImageFolder(ImageFolder):
     def __getitem__(self, i):
         try:
             return super().__getitem__(i)
-        except (OSError, UnidentifiedImageError) as err:
-            raise MoezooError(f"cannot read image {self.samples[i][0]}: {err}") from None
+        except MoezooError:
+            raise
+        except Exception as err:  # PIL raises many types for a damaged file (OSError, SyntaxError, ValueError, ...)
+            raise MoezooError(f"cannot read image {self.samples[i][0]}: {_reason(err)}") from None
 
 
-def image_folder(root: Path, transform=None, check: bool = False, key: str = "data.root") -> CheckedImageFolder:
+def image_folder(root: Path, transform=None, check: bool = False, key: str = "data.root",
+                 min_per_class: int = 1) -> CheckedImageFolder:
     """The ImageFolder tree ``root/<class>/<image>``, or a one-line MoezooError naming ``key`` and the folder.
 
-    With ``check`` every image is opened once now, so that a damaged file fails early, with its path.
+    Every class folder must hold at least ``min_per_class`` images (0 allows an empty one, e.g. in a given val/
+    split; 3 is the least a stratified train/val/test split needs). With ``check`` every image is opened once now,
+    so that a damaged file fails early, with its path.
     """
     root = Path(root)
     if not root.is_dir():
@@ -87,13 +113,19 @@ def image_folder(root: Path, transform=None, check: bool = False, key: str = "da
     if not folder.samples:
         raise MoezooError(f"{key}: no images in {root} (looked for {', '.join(IMG_EXTENSIONS)} files "
                           f"in {root}/<class>/)")
+    counts = np.bincount(folder.targets, minlength=len(folder.classes))
+    for name, count in zip(folder.classes, counts.tolist()):
+        if count < min_per_class:
+            need = "every class needs at least one" if min_per_class == 1 else \
+                f"a stratified train/val/test split needs at least {min_per_class} per class"
+            raise MoezooError(f"{key}: class folder {root / name} has {count} image{'s' * (count != 1)}; {need}")
     if check:
         for path, _ in folder.samples:
             try:
                 with Image.open(path) as image:
                     image.verify()
             except Exception as err:  # PIL raises many types for a damaged file
-                raise MoezooError(f"cannot read image {path}: {err}") from None
+                raise MoezooError(f"cannot read image {path}: {_reason(err)}") from None
     return folder
 
 

@@ -18,6 +18,7 @@ long, and ``user`` [B] long when a user column is named.
 
 from __future__ import annotations
 
+import re
 import zlib
 from pathlib import Path
 from typing import Literal
@@ -31,46 +32,85 @@ from moezoo.errors import MoezooError
 from moezoo.training.data import SplitDataModule
 
 from . import synthetic
-from .presets import PRESETS, Preset, resolve_fields, resolve_labels
+from .presets import PRESETS, Preset, check_label_values, read_csv, resolve_fields, resolve_labels
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one short line: its type and message, whitespace (newlines) collapsed."""
+    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV (optionally gzipped) or Parquet file as a DataFrame; a clear error if it cannot be read."""
+    """A CSV (optionally gzipped) or Parquet file as a DataFrame (``read_file`` makes its failures one line)."""
+    if path.suffix == ".parquet" or path.name.endswith(".parquet.gz"):
+        return pd.read_parquet(path)
+    return read_csv(path, "CSV")
+
+
+def read_file(read, path: Path, key: str, layout: str) -> pd.DataFrame:
+    """``read(path)`` (a preset's reader or ``read_table``) with every failure a one-line error naming the file."""
     if not path.is_file():
-        raise MoezooError(f"data.path: no such file: {path}")
+        raise MoezooError(f"{key}: no such file: {path}")
     try:
-        if path.suffix == ".parquet" or path.name.endswith(".parquet.gz"):
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path)
-    except Exception as error:  # pandas raises many kinds; the user needs the file and the reason
-        raise MoezooError(f"{path}: cannot read it as CSV or Parquet ({type(error).__name__}: {error})") from None
-    if frame.empty:
-        raise MoezooError(f"{path}: the file has no rows")
+        frame = read(path)
+    except MoezooError:
+        raise
+    except UnicodeDecodeError as error:
+        raise MoezooError(f"{path}: not UTF-8 text (byte {error.object[error.start:error.start + 1]!r}: "
+                          f"{error.reason}); save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise MoezooError(f"{path}: the file is empty") from None
+    except Exception as error:  # pandas, gzip and pyarrow raise many kinds; the user needs the file and the reason
+        raise MoezooError(f"{path}: cannot read it as {layout} data ({one_line(error)})") from None
+    if len(frame) == 0:
+        raise MoezooError(f"{path}: the file has no data rows")
+    duplicated = frame.columns[frame.columns.duplicated()]
+    if len(duplicated):
+        raise MoezooError(f"{path}: column {duplicated[0]!r} occurs twice")
     return frame
 
 
+def _columns_read_by(definition: str, frame: pd.DataFrame) -> list:
+    """The columns a label expression names (bare or in backticks; string literals skipped)."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", " ", definition)
+    names = set(re.findall(r"`([^`]*)`", text)) | set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+    return [c for c in frame.columns if c in names]
+
+
 def label_values(frame: pd.DataFrame, name: str, definition: str, source: str) -> np.ndarray:
-    """0/1 values of one task: a 0/1 column, or a boolean expression over the columns."""
+    """0/1 values of one task: a 0/1 column, or a boolean expression over the columns (none of them missing)."""
     if definition in frame.columns:
         column = frame[definition]
         missing = int(column.isna().sum())
         if missing:
             raise MoezooError(f"{source}: label column {definition!r} has {missing} missing values")
-        values = pd.to_numeric(column, errors="coerce")
-        bad = column[values.isna() | ~values.isin([0, 1])]
-        if len(bad):
-            raise MoezooError(f"{source}: label column {definition!r} must hold 0/1, found {bad.iloc[0]!r}")
+        try:
+            values = pd.to_numeric(column, errors="coerce")
+        except (TypeError, ValueError):  # values pandas cannot even try (lists, dicts)
+            values = pd.Series(np.nan, index=column.index)
+        bad = values.isna() | ~values.isin([0, 1])
+        if bad.any():
+            seen = ", ".join(sorted({repr(v) for v in column[bad].unique()[:50].tolist()})[:8])
+            raise MoezooError(f"{source}: label column {definition!r} must hold 0/1, found {int(bad.sum())} other "
+                              f"values: {seen}")
         return values.to_numpy(dtype=np.float32)
+    for column in _columns_read_by(definition, frame):
+        missing = int(frame[column].isna().sum())
+        if missing:
+            raise MoezooError(f"{source}: label {name!r} = {definition!r} reads column {column!r}, which has "
+                              f"{missing} missing values")
     try:
         result = frame.eval(definition)
     except Exception as error:
-        columns = ", ".join(map(str, list(frame.columns)[:12]))
+        columns = ", ".join(map(repr, list(frame.columns)[:12]))
         raise MoezooError(f"{source}: label {name!r} = {definition!r} is neither a column nor an expression over "
-                          f"the columns ({type(error).__name__}: {error}); columns: {columns}, ...") from None
+                          f"the columns ({one_line(error)}); columns: {columns}, ...") from None
     if not isinstance(result, pd.Series) or result.dtype != bool:
         raise MoezooError(f"{source}: label {name!r} = {definition!r} must be a 0/1 column or a boolean expression")
     return result.to_numpy(dtype=np.float32)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def task_name(definition: str) -> str:
@@ -154,27 +194,21 @@ class CTRData(SplitDataModule):
         elif not self.labels_arg:
             raise MoezooError("data: give --data.preset NAME or the labels (--data.labels '[column, ...]') of the "
                               f"tasks in {self.path}")
-        read = preset.read if preset else read_table
-        if not self.path.is_file():
-            raise MoezooError(f"data.path: no such file: {self.path}")
-        try:
-            frame = read(self.path)
-        except MoezooError:
-            raise
-        except Exception as error:
-            raise MoezooError(f"{self.path}: cannot read it as a {self.preset or 'CSV/Parquet'} file "
-                              f"({type(error).__name__}: {error})") from None
+        read, layout = (preset.read, self.preset) if preset else (read_table, "CSV/Parquet")
+        frame = read_file(read, self.path, "data.path", layout)
         test_path = self.test_path or (preset.test_file(self.path) if preset else None)
         test = None
         if test_path is not None:
-            if not test_path.is_file():
-                raise MoezooError(f"data.test_path: no such file: {test_path}")
-            test = read(test_path)
+            test = read_file(read, test_path, "data.test_path", layout)
         spec = {"labels": {}, "categorical": [], "numeric": [], "domain": None, "transform": "standard"}
         if preset:
+            check_label_values(preset, frame, str(self.path))
+            if test is not None:
+                check_label_values(preset, test, str(test_path))
             spec = {"labels": resolve_labels(preset, frame), "categorical": resolve_fields(preset.categorical, frame),
                     "numeric": resolve_fields(preset.numeric, frame), "domain": preset.domain,
                     "transform": preset.numeric_transform}
+        self._test_source = str(test_path)
         return frame, test, self._override(frame, spec), str(self.path)
 
     def _override(self, frame: pd.DataFrame, spec: dict) -> dict:
@@ -208,7 +242,7 @@ class CTRData(SplitDataModule):
             if column in label_columns:
                 raise MoezooError(f"data: column {column!r} is a label and cannot also be a feature")
             if column not in frame.columns:
-                some = ", ".join(map(str, list(frame.columns)[:10]))
+                some = ", ".join(map(repr, list(frame.columns)[:10]))
                 raise MoezooError(f"{source}: no column {column!r} (the file has {some}, ...)")
 
     # -- encoding -----------------------------------------------------------------------------------------------
@@ -217,26 +251,42 @@ class CTRData(SplitDataModule):
             return
         frame, test, spec, source = self._load()
         self._check_spec(frame, spec, source)
+        parts = self._split(len(frame), test is not None, source)
         labels = {name: label_values(frame, name, d, source) for name, d in spec["labels"].items()}
-        parts = self._split(len(frame), test is not None)
+        for name, values in labels.items():
+            if values.min() == values.max():
+                raise MoezooError(f"{source}: label {name!r} is {int(values[0])} in all {len(values)} rows; a task "
+                                  "needs rows of both classes")
         frames = {k: frame.iloc[rows].reset_index(drop=True) for k, rows in parts.items()}
         label_parts = {k: {n: v[rows] for n, v in labels.items()} for k, rows in parts.items()}
         if test is not None:
-            test_source = str(self.test_path or "the test file")
+            test_source = self._test_source
             self._check_spec(test, spec, test_source)
             frames["test"] = test.reset_index(drop=True)
             label_parts["test"] = {n: label_values(test, n, d, test_source) for n, d in spec["labels"].items()}
         self.task_names = list(spec["labels"])
-        self._fit(frames["train"], spec)
-        self.splits = {k: _Rows(self._encode(f, label_parts[k], spec, k)) for k, f in frames.items()}
+        sources = {"train": source, "val": source, "test": self._test_source if test is not None else source}
+        self._fit(frames["train"], spec, source)
+        self.splits = {k: _Rows(self._encode(f, label_parts[k], spec, k, sources[k])) for k, f in frames.items()}
 
-    def _split(self, rows: int, has_test: bool) -> dict[str, np.ndarray]:
+    def _split(self, rows: int, has_test: bool, source: str) -> dict[str, np.ndarray]:
+        """Seeded train/val[/test] rows; a split with a positive fraction gets at least one row."""
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):
+            raise MoezooError(f"data: val_fraction={self.val_fraction} and test_fraction={self.test_fraction} must "
+                              "each be in [0, 1)")
+
+        def size(fraction: float) -> int:
+            return max(1, int(round(fraction * rows))) if fraction > 0 else 0
+
         order = np.random.default_rng(self.split_seed).permutation(rows)
-        num_test = 0 if has_test else int(round(self.test_fraction * rows))
-        num_val = int(round(self.val_fraction * rows))
+        num_test = 0 if has_test else size(self.test_fraction)
+        num_val = size(self.val_fraction)
         if rows - num_test - num_val <= 0:
-            raise MoezooError(f"data: val_fraction={self.val_fraction} and test_fraction={self.test_fraction} leave "
-                              f"no training rows out of {rows}")
+            fractions = f"val_fraction={self.val_fraction}" + ("" if has_test else
+                                                               f", test_fraction={self.test_fraction}")
+            raise MoezooError(f"{source}: {rows} rows cannot be split into non-empty train/val"
+                              f"{'' if has_test else '/test'} splits ({fractions}): they leave no training rows; "
+                              f"give at least {1 + (num_val > 0) + (num_test > 0)} rows or smaller fractions")
         parts = {"val": order[num_test:num_test + num_val], "train": order[num_test + num_val:]}
         if not has_test:
             parts["test"] = order[:num_test]
@@ -246,7 +296,7 @@ class CTRData(SplitDataModule):
     def _strings(column: pd.Series) -> pd.Series:
         return column.astype("string").fillna("\0missing")
 
-    def _fit(self, train: pd.DataFrame, spec: dict) -> None:
+    def _fit(self, train: pd.DataFrame, spec: dict, source: str) -> None:
         """Vocabularies, numeric statistics or bucket edges, and domain ids, from the training split."""
         self.vocab: dict[str, dict[str, int]] = {}
         for column in spec["categorical"]:
@@ -257,15 +307,21 @@ class CTRData(SplitDataModule):
             self.vocab[column] = {v: i + 1 for i, v in enumerate(kept)}
         self.numeric_stats: dict[str, tuple] = {}
         for column in spec["numeric"]:
-            values = self._numeric(train[column], column, spec["transform"])
+            values = self._numeric(train[column], column, spec["transform"], source)
             if spec["transform"] == "bucketize":
                 finite = values[np.isfinite(values)]
                 edges = np.unique(np.quantile(finite, np.linspace(0, 1, self.num_buckets + 1)[1:-1])) \
                     if finite.size else np.zeros(0)
                 self.numeric_stats[column] = (edges,)
             else:
-                mean, std = np.nanmean(values), np.nanstd(values)
-                self.numeric_stats[column] = (0.0 if np.isnan(mean) else mean, 1.0 if not std > 0 else std)
+                observed = values[~np.isnan(values)]
+                with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
+                    mean, std = (observed.mean(), observed.std()) if observed.size else (0.0, 1.0)
+                if not (np.isfinite(mean) and np.isfinite(std)):
+                    raise MoezooError(f"{source}: numeric column {column!r} holds values up to "
+                                      f"{np.abs(observed).max():.3g}, too large to standardise; use "
+                                      "--data.numeric_transform log or bucketize")
+                self.numeric_stats[column] = (mean, std if std > 0 else 1.0)
         self.domain_names = ["all"]
         if spec["domain"]:
             self.domain_names = sorted(self._strings(train[spec["domain"]]).unique().tolist())
@@ -282,15 +338,23 @@ class CTRData(SplitDataModule):
         self._users: dict[str, int] = {}
 
     @staticmethod
-    def _numeric(column: pd.Series, name: str, transform: str) -> np.ndarray:
-        values = pd.to_numeric(column, errors="coerce")
+    def _numeric(column: pd.Series, name: str, transform: str, source: str) -> np.ndarray:
+        """The numbers of a numeric column (float64, missing -> nan); non-numbers and infinities are errors."""
+        try:
+            values = pd.to_numeric(column, errors="coerce")
+        except (TypeError, ValueError):  # values pandas cannot even try (lists, dicts)
+            raise MoezooError(f"{source}: numeric column {name!r} holds a non-number, {column.iloc[0]!r}") from None
         bad = column[values.isna() & column.notna()]
         if len(bad):
-            raise MoezooError(f"data: numeric column {name!r} holds a non-number, {bad.iloc[0]!r}")
-        values = values.to_numpy(dtype=np.float64)
+            raise MoezooError(f"{source}: numeric column {name!r} holds a non-number, {bad.iloc[0]!r}")
+        values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        if np.isinf(values).any():
+            raise MoezooError(f"{source}: numeric column {name!r} holds {values[np.isinf(values)][0]} in "
+                              f"{int(np.isinf(values).sum())} rows (values must be finite)")
         return np.log1p(np.clip(values, 0, None)) if transform == "log" else values
 
-    def _encode(self, frame: pd.DataFrame, labels: dict, spec: dict, split: str) -> dict[str, torch.Tensor]:
+    def _encode(self, frame: pd.DataFrame, labels: dict, spec: dict, split: str,
+                source: str) -> dict[str, torch.Tensor]:
         rows = len(frame)
         categorical = []
         for column in spec["categorical"]:
@@ -303,7 +367,7 @@ class CTRData(SplitDataModule):
             categorical.append(codes)
         numeric = []
         for column in spec["numeric"]:
-            values = self._numeric(frame[column], column, spec["transform"])
+            values = self._numeric(frame[column], column, spec["transform"], source)
             if spec["transform"] == "bucketize":
                 (edges,) = self.numeric_stats[column]
                 codes = np.searchsorted(edges, values, side="right") + 1
@@ -311,7 +375,10 @@ class CTRData(SplitDataModule):
                 categorical.append(codes.astype(np.int64))
             else:
                 mean, std = self.numeric_stats[column]
-                numeric.append(np.nan_to_num((values - mean) / std, nan=0.0))
+                # a value far outside the training range saturates at float32's largest instead of becoming inf
+                with np.errstate(over="ignore"):
+                    scaled = np.nan_to_num((values - mean) / std, nan=0.0)
+                numeric.append(np.clip(scaled, -FLOAT32_MAX, FLOAT32_MAX))
         tensors = {
             "categorical": torch.as_tensor(np.stack(categorical, 1) if categorical else np.zeros((rows, 0)),
                                            dtype=torch.long),
@@ -323,8 +390,8 @@ class CTRData(SplitDataModule):
             strings = self._strings(frame[spec["domain"]])
             unknown = sorted(set(strings.unique()) - set(index))
             if unknown:
-                raise MoezooError(f"data.domain: the {split} split has domain {unknown[0]!r}, which the training "
-                                  f"split does not have ({', '.join(self.domain_names)})")
+                raise MoezooError(f"{source}: the {split} split has domain {unknown[0]!r}, which the training "
+                                  f"split does not have ({', '.join(map(repr, self.domain_names[:10]))})")
             tensors["domain"] = torch.tensor(strings.map(index).to_numpy(dtype=np.int64))
         else:
             tensors["domain"] = torch.zeros(rows, dtype=torch.long)

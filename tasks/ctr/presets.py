@@ -22,11 +22,14 @@ an optional domain column, and a reader that turns the file into a DataFrame (la
 from __future__ import annotations
 
 import gzip
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from moezoo.errors import MoezooError
 
 ADULT_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
                  "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country",
@@ -53,7 +56,11 @@ AVAZU_RAW = ["id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain"
 
 @dataclass
 class Preset:
-    """How to read one public set: reader(path) -> DataFrame, then a spec over its columns."""
+    """How to read one public set: reader(path) -> DataFrame, then a spec over its columns.
+
+    ``label_values`` names the columns the label expressions read and the values each may hold (the rule that maps
+    them to 0/1): any other value, or a missing one, is an error rather than a silent 0.
+    """
 
     read: Callable[[Path], pd.DataFrame]
     labels: dict[str, str]  # task name -> 0/1 column or boolean expression
@@ -62,6 +69,7 @@ class Preset:
     domain: str | None = None
     numeric_transform: str = "standard"
     test_file: Callable[[Path], Path | None] = lambda path: None
+    label_values: dict[str, tuple] = field(default_factory=dict)
 
 
 def first_line(path: Path) -> str:
@@ -70,11 +78,28 @@ def first_line(path: Path) -> str:
         return f.readline()
 
 
+def read_csv(path: Path, layout: str, columns: list[str] | None = None, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` that checks the number of fields: a header-less layout's ``columns`` exactly, and no row
+    longer than the header (pandas would silently turn the surplus leading fields into the index)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        frame = pd.read_csv(path, header=None if columns else "infer", index_col=False, **kwargs)
+    if any("does not match length of data" in str(warning.message) for warning in caught):
+        raise MoezooError(f"{path}: rows have more fields than the {frame.shape[1]} columns of the {layout} "
+                          "header line")
+    if columns is not None:
+        if frame.shape[1] != len(columns):
+            raise MoezooError(f"{path}: the {layout} layout has {len(columns)} columns ({columns[0]}, ..., "
+                              f"{columns[-1]}), this file has {frame.shape[1]}")
+        frame.columns = columns
+    return frame
+
+
 def read_adult(path: Path) -> pd.DataFrame:
     skip = 1 if first_line(path).startswith("|") else 0
-    frame = pd.read_csv(path, header=None, names=ADULT_COLUMNS, skipinitialspace=True, na_values="?", skiprows=skip)
+    frame = read_csv(path, "UCI adult", ADULT_COLUMNS, skipinitialspace=True, na_values="?", skiprows=skip)
     frame = frame.dropna(how="all")
-    frame["income"] = frame["income"].astype(str).str.rstrip(".")
+    frame["income"] = frame["income"].map(lambda v: v.rstrip(".") if isinstance(v, str) else v)  # adult.test's "."
     return frame
 
 
@@ -87,10 +112,9 @@ def adult_test_file(path: Path) -> Path | None:
 
 def read_census_income(path: Path) -> pd.DataFrame:
     if first_line(path)[:1].isdigit():  # DeepCTR's raw sample: row id + the 42 UCI columns, no header
-        frame = pd.read_csv(path, header=None, names=["row_id", *KDD_COLUMNS], skipinitialspace=True)
+        frame = read_csv(path, "raw census-income", ["row_id", *KDD_COLUMNS], skipinitialspace=True)
         return frame.drop(columns=["row_id", "instance_weight"])
-    return pd.read_csv(path)
-
+    return read_csv(path, "census-income")
 
 
 def census_categorical(frame: pd.DataFrame) -> list[str]:
@@ -106,8 +130,8 @@ def census_numeric(frame: pd.DataFrame) -> list[str]:
 def read_ali_ccp(path: Path) -> pd.DataFrame:
     header = first_line(path).strip().split(",")
     if header[0] in ("click", "purchase"):
-        return pd.read_csv(path, dtype=str)
-    return pd.read_csv(path, header=None, names=AITM_COLUMNS if len(header) == len(AITM_COLUMNS) else None, dtype=str)
+        return read_csv(path, "ali-ccp", dtype=str)
+    return read_csv(path, "header-less ali-ccp (AITM)", AITM_COLUMNS, dtype=str)
 
 
 def ali_ccp_categorical(frame: pd.DataFrame) -> list[str]:
@@ -120,15 +144,19 @@ def ali_ccp_numeric(frame: pd.DataFrame) -> list[str]:
 
 def read_criteo(path: Path) -> pd.DataFrame:
     line = first_line(path)
+    strings = {f"C{i}": str for i in range(1, 27)}
     if line.startswith("label"):
-        return pd.read_csv(path, dtype={f"C{i}": str for i in range(1, 27)})
+        return read_csv(path, "criteo", dtype=strings)
     names = ["label", *[f"I{i}" for i in range(1, 14)], *[f"C{i}" for i in range(1, 27)]]
-    return pd.read_csv(path, sep="\t", header=None, names=names, dtype={f"C{i}": str for i in range(1, 27)})
+    return read_csv(path, "tab-separated criteo", names, sep="\t", dtype={i: str for i in range(14, 40)})
 
 
 def read_avazu(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, dtype=str)
+    frame = read_csv(path, "avazu", dtype=str)
     if "hour" in frame.columns:
+        missing = [c for c in AVAZU_RAW if c not in frame.columns]
+        if missing:
+            raise MoezooError(f"{path}: a raw avazu file (it has an 'hour' column) needs the columns {missing}")
         hour = pd.to_datetime(frame["hour"], format="%y%m%d%H", errors="coerce")
         frame["hour_of_day"] = hour.dt.hour.astype("Int64").astype(str)
         frame["weekday"] = hour.dt.weekday.astype("Int64").astype(str)
@@ -144,13 +172,16 @@ PRESETS: dict[str, Preset] = {
     "adult": Preset(read_adult, {"income": "income == '>50K'", "never_married": "`marital-status` == 'Never-married'"},
                     ["workclass", "education", "occupation", "race", "sex", "native-country"],
                     ["age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week"],
-                    test_file=adult_test_file),
+                    test_file=adult_test_file, label_values={"income": ("<=50K", ">50K")}),
     "census-income": Preset(read_census_income, {"income": "@income", "never_married": "@never_married"},
-                            census_categorical, census_numeric),
+                            census_categorical, census_numeric,
+                            label_values={"income_50k": ("- 50000.", "50000+.")}),
     "ali-ccp": Preset(read_ali_ccp, {"click": "click", "purchase": "purchase"}, ali_ccp_categorical, ali_ccp_numeric,
                       domain="301"),
-    "aliexpress": Preset(lambda p: pd.read_csv(p), {"ctr": "click", "ctcvr": "click == 1 and conversion == 1"},
-                         [f"categorical_{i}" for i in range(1, 17)], [f"numerical_{i}" for i in range(1, 64)]),
+    "aliexpress": Preset(lambda path: read_csv(path, "aliexpress"),
+                         {"ctr": "click", "ctcvr": "click == 1 and conversion == 1"},
+                         [f"categorical_{i}" for i in range(1, 17)], [f"numerical_{i}" for i in range(1, 64)],
+                         label_values={"click": (0, 1), "conversion": (0, 1)}),
     "criteo": Preset(read_criteo, {"click": "label"}, [f"C{i}" for i in range(1, 27)],
                      [f"I{i}" for i in range(1, 14)], numeric_transform="log"),
     "avazu": Preset(read_avazu, {"click": "@avazu"},
@@ -172,3 +203,22 @@ def resolve_labels(preset: Preset, frame: pd.DataFrame) -> dict[str, str]:
 
 def resolve_fields(spec, frame: pd.DataFrame) -> list[str]:
     return list(spec(frame)) if callable(spec) else list(spec)
+
+
+def check_label_values(preset: Preset, frame: pd.DataFrame, source: str) -> None:
+    """The columns a preset's label rules read hold only the values the rules map to 0/1, and none is missing."""
+    for column, valid in preset.label_values.items():
+        if column not in frame.columns:
+            continue  # the other layout of the preset, or the label expression names the missing column
+        values = frame[column]
+        missing = int(values.isna().sum())
+        if missing:
+            raise MoezooError(f"{source}: column {column!r}, which the preset's labels read, is missing in {missing} "
+                              "rows")
+        if isinstance(valid[0], int):
+            values = pd.to_numeric(values, errors="coerce")
+        bad = values.isna() | ~values.isin(valid)
+        if bad.any():
+            seen = ", ".join(sorted({repr(v) for v in frame[column].unique()[:50].tolist()})[:8])
+            raise MoezooError(f"{source}: column {column!r} must hold {' or '.join(map(repr, valid))} (the preset's "
+                              f"labels), found {int(bad.sum())} rows with other values; values seen: {seen}")

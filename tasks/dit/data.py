@@ -48,19 +48,21 @@ class DiffusionImageData(SplitDataModule):
     def _dataset(self):
         if self.root is None:
             images, labels = load_digits_images(self.image_size)
-            return TensorDataset(images, labels), labels.numpy(), 10
+            return TensorDataset(images, labels), labels.numpy(), [str(d) for d in range(10)]
         steps = [transforms.Resize(self.image_size), transforms.CenterCrop(self.image_size)]
         if self.grayscale:
             steps.append(transforms.Grayscale())
         steps += [transforms.ToTensor(), transforms.Normalize(0.5, 0.5)]
-        folder = image_folder(self.root, transforms.Compose(steps))
-        return folder, np.array(folder.targets), len(folder.classes)
+        folder = image_folder(self.root, transforms.Compose(steps), min_per_class=3)  # split stratified below
+        return folder, np.array(folder.targets), folder.classes
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
-        dataset, targets, self._num_classes = self._dataset()
-        indices = stratified_split(targets, self.val_fraction, self.test_fraction, self.seed)
+        dataset, targets, classes = self._dataset()
+        self._num_classes = len(classes)
+        source = "data" if self.root is None else f"data.root={self.root}"
+        indices = stratified_split(targets, self.val_fraction, self.test_fraction, self.seed, classes, source)
         self.splits = {name: Subset(dataset, rows.tolist()) for name, rows in indices.items()}
         self._channels = dataset[0][0].shape[0]
 

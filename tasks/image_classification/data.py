@@ -64,8 +64,9 @@ class ImageClassificationData(SplitDataModule):
             self._num_classes, self.classes = 10, [str(d) for d in range(10)]
 
     # -- splits ---------------------------------------------------------------------------------------------------
-    def _subsets(self, dataset: Dataset, labels) -> dict[str, Dataset]:
-        indices = stratified_split(labels, self.val_fraction, self.test_fraction, self.split_seed)
+    def _subsets(self, dataset: Dataset, labels, class_names=None) -> dict[str, Dataset]:
+        source = "data" if self.root is None else f"data.root={self.root}"
+        indices = stratified_split(labels, self.val_fraction, self.test_fraction, self.split_seed, class_names, source)
         return {name: Subset(dataset, idx.tolist()) for name, idx in indices.items()}
 
     def _digits(self) -> dict[str, Dataset]:
@@ -83,16 +84,18 @@ class ImageClassificationData(SplitDataModule):
         if "train" in given:
             if "val" not in given:
                 raise MoezooError(f"data.root: {self.root} has train/ but no val/ folder")
-            splits = {name: image_folder(path, to_tensor, self.check_images) for name, path in given.items()}
+            # a class folder of val/ or test/ may be empty (no image of it there); one of train/ may not
+            splits = {name: image_folder(path, to_tensor, self.check_images, min_per_class=int(name == "train"))
+                      for name, path in given.items()}
             classes = splits["train"].classes
             for name, folder in splits.items():
                 if folder.classes != classes:
                     raise MoezooError(f"data.root: classes of {given[name]} ({folder.classes}) differ from those "
                                       f"of {given['train']} ({classes})")
         else:
-            full = image_folder(self.root, to_tensor, self.check_images)
+            full = image_folder(self.root, to_tensor, self.check_images, min_per_class=3)
             classes = full.classes
-            splits = self._subsets(full, np.asarray(full.targets))
+            splits = self._subsets(full, np.asarray(full.targets), classes)
         self.classes, self._num_classes = list(classes), len(classes)
         return splits
 

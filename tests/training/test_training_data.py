@@ -147,3 +147,63 @@ def test_without_a_test_split_predict_uses_val_and_test_is_a_clear_error():
     assert not data.has_test and _values(data.predict_dataloader()) == [8, 9]
     with pytest.raises(MoezooError, match="data: there is no test split"):
         data.test_dataloader()
+
+
+# -- classes with too few images (issue #15) --------------------------------------------------------------------------
+def test_an_empty_class_folder_is_an_error_naming_it_not_a_class_without_images(tmp_path):
+    root = _tree(tmp_path / "images")
+    (root / "emu").mkdir()
+    with pytest.raises(MoezooError) as error:
+        image_folder(root)
+    assert str(error.value) == f"data.root: class folder {root}/emu has 0 images; every class needs at least one"
+    assert len(image_folder(root, min_per_class=0).classes) == 3, "allowed where asked (a given val/ split)"
+
+
+@pytest.mark.parametrize("module", ["image_classification", "dit"])
+@pytest.mark.parametrize("per_class,message", [
+    (1, "data.root: class folder {root}/cat has 1 image; a stratified train/val/test split needs at least 3 per class"),
+    (4, "data.root={root}: cannot split 8 samples stratified into val_fraction="),
+])
+def test_too_few_images_of_a_class_to_split_name_the_folder_and_the_count_needed(tmp_path, module, per_class,
+                                                                                message):
+    """One image per class used to crash in scikit-learn's stratified split."""
+    from moezoo.tasks.dit.data import DiffusionImageData
+    from moezoo.tasks.image_classification.data import ImageClassificationData
+
+    root = _tree(tmp_path / "images", per_class=per_class)
+    data = ImageClassificationData(root=str(root)) if module == "image_classification" \
+        else DiffusionImageData(root=str(root), image_size=4)
+    with pytest.raises(MoezooError) as error:
+        data.setup()
+    assert str(error.value).startswith(message.format(root=root)) and "\n" not in str(error.value)
+    if per_class > 3:
+        assert "samples per class; the smallest class, 'cat', has 4)" in str(error.value)
+
+
+def test_samples_per_class_is_enough_for_the_stratified_split_of_balanced_and_unbalanced_classes():
+    from moezoo.training.data import samples_per_class
+
+    assert samples_per_class(0.15, 0.15) == 7 and samples_per_class(0.1, 0.1) == 10
+    rng = np.random.default_rng(0)
+    for val, test in [(0.15, 0.15), (0.1, 0.1), (0.2, 0.1), (0.3, 0.3)]:
+        need = samples_per_class(val, test)
+        for seed in range(20):
+            counts = rng.integers(need, 2 * need, rng.integers(1, 8))
+            parts = stratified_split(np.repeat(np.arange(len(counts)), counts), val, test, seed)
+            assert all(len(rows) for rows in parts.values())
+
+
+def test_an_empty_class_folder_in_given_val_split_is_allowed_but_not_in_train(tmp_path):
+    from moezoo.tasks.image_classification.data import ImageClassificationData
+
+    root = tmp_path / "images"
+    _tree(root / "train")
+    _tree(root / "val", classes=("cat",))
+    (root / "val" / "dog").mkdir()
+    data = ImageClassificationData(root=str(root))
+    data.setup()
+    assert data.num_classes == 2 and len(data.splits["val"]) == 3
+    (root / "train" / "emu").mkdir()
+    (root / "val" / "emu").mkdir()
+    with pytest.raises(MoezooError, match=f"class folder {root}/train/emu has 0 images"):
+        ImageClassificationData(root=str(root)).setup()

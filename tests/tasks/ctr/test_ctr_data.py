@@ -193,3 +193,149 @@ def test_missing_file_missing_label_and_unknown_test_domain_name_what_is_wrong(t
     with pytest.raises(MoezooError, match="domain 'w'"):
         _setup(path=_write(tmp_path, train, "a.csv"), test_path=_write(tmp_path, test, "b.csv"), labels=["clicked"],
                categorical=["city"], domain="country")
+
+
+# -- damaged files (issue #15): every reader checks its columns, labels and splits, one line naming the file -----------
+def _adult_lines(rows=30):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(rows):
+        lines.append(", ".join([str(rng.integers(17, 90)), "Private", str(rng.integers(10**4, 10**6)), "Bachelors",
+                                "13", ["Never-married", "Divorced"][i % 2], "Sales", "Husband", "White", "Male", "0",
+                                "0", "40", "United-States", ["<=50K", ">50K"][(i // 2) % 2]]))
+    return lines
+
+
+def _adult(tmp_path, lines, name="adult.data"):
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _error(**kw):
+    with pytest.raises(MoezooError) as error:
+        _setup(**kw)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_valid_generated_adult_rows_load_with_both_tasks(tmp_path):
+    data = _setup(path=str(_adult(tmp_path, _adult_lines())), preset="adult")
+    assert data.task_names == ["income", "never_married"] and sum(len(s) for s in data.splits.values()) == 30
+
+
+@pytest.mark.parametrize("fields", [10, 14, 17])
+def test_an_adult_file_with_the_wrong_column_count_names_the_file_and_both_counts(tmp_path, fields):
+    """10 columns used to train on an all-NaN income label (test AUC 0.0); 17 put two columns into the index."""
+    lines = [", ".join((line.split(", ") + ["x", "y"])[:fields]) for line in _adult_lines()]
+    path = _adult(tmp_path, lines)
+    assert _error(path=str(path), preset="adult") == (f"{path}: the UCI adult layout has 15 columns (age, ..., "
+                                                      f"income), this file has {fields}")
+
+
+def test_an_adult_row_cut_short_is_a_missing_label_not_a_silent_zero(tmp_path):
+    lines = _adult_lines()
+    lines[7] = ", ".join(lines[7].split(", ")[:12])
+    path = _adult(tmp_path, lines)
+    assert _error(path=str(path), preset="adult") == (f"{path}: column 'income', which the preset's labels read, is "
+                                                      "missing in 1 rows")
+
+
+def test_a_third_label_value_is_an_error_naming_the_column_and_the_values_seen(tmp_path):
+    lines = [line.replace("<=50K", "maybe") if i % 5 == 0 else line for i, line in enumerate(_adult_lines())]
+    path = _adult(tmp_path, lines)
+    assert _error(path=str(path), preset="adult") == (
+        f"{path}: column 'income' must hold '<=50K' or '>50K' (the preset's labels), found 4 rows with other values; "
+        "values seen: '<=50K', '>50K', 'maybe'")
+    frame = _frame()
+    frame.loc[[2, 5], "clicked"] = 2
+    message = _error(path=_write(tmp_path, frame), labels=["clicked"], categorical=["city"])
+    assert message.endswith("label column 'clicked' must hold 0/1, found 2 other values: 2")
+
+
+def test_an_expression_label_over_a_column_with_missing_values_is_an_error(tmp_path):
+    frame = _frame()
+    frame.loc[4, "city"] = None
+    path = _write(tmp_path, frame)
+    assert _error(path=path, labels=["city == 'a'"], categorical=["country"]) == (
+        f"{path}: label 'city_a' = \"city == 'a'\" reads column 'city', which has 1 missing values")
+
+
+@pytest.mark.parametrize("rows,test_file,needed", [(1, False, 3), (2, False, 3), (1, True, 2)])
+def test_too_few_rows_for_non_empty_splits_name_the_file_the_rows_and_the_fractions(tmp_path, rows, test_file,
+                                                                                    needed):
+    """A single-row file used to train with empty validation and test loaders."""
+    path = _write(tmp_path, _frame(rows))
+    test = _write(tmp_path, _frame(5), "test.csv") if test_file else None
+    message = _error(path=path, test_path=test, labels=["clicked"], categorical=["city"])
+    fractions = "val_fraction=0.1" + ("" if test_file else ", test_fraction=0.2")
+    splits = "train/val" if test_file else "train/val/test"
+    assert message.startswith(f"{path}: {rows} rows cannot be split into non-empty {splits} splits ({fractions})")
+    assert f"give at least {needed} rows" in message
+
+
+def test_small_files_get_at_least_one_row_in_every_split(tmp_path):
+    data = _setup(path=_write(tmp_path, _frame(5)), labels=["clicked"], categorical=["city"])
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 3, "val": 1, "test": 1}
+
+
+def test_a_label_of_one_class_only_is_an_error(tmp_path):
+    frame = _frame()
+    frame["clicked"] = 1
+    path = _write(tmp_path, frame)
+    assert _error(path=path, labels=["clicked"], categorical=["city"]) == (
+        f"{path}: label 'clicked' is 1 in all 40 rows; a task needs rows of both classes")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "the file is empty"),
+    (b"clicked,city\n", "the file has no data rows"),
+    ("clicked,city\n1,é\n".encode("latin-1"), "not UTF-8 text (byte b'\\xe9': unexpected end of data); save it"),
+    ("clicked,city\n1,a\n".encode("utf-16"), "not UTF-8 text (byte b'\\xff': invalid start byte)"),
+    (b"clicked,city\n1,a,b\n0,b,c\n", "rows have more fields than the 2 columns of the CSV header line"),
+    (b"\x1f\x8b\x08garbage", "cannot read it as CSV/Parquet data ("),
+])
+def test_unreadable_files_are_one_line_errors_naming_the_file(tmp_path, content, message):
+    """An empty file's error did not name the file; a row longer than the header shifted the columns silently."""
+    path = tmp_path / ("table.csv.gz" if content.startswith(b"\x1f\x8b") else "table.csv")
+    path.write_bytes(content)
+    assert _error(path=str(path), labels=["clicked"], categorical=["city"]).startswith(f"{path}: {message}")
+    test = tmp_path / "empty_test.csv"
+    test.write_bytes(b"")
+    assert _error(path=_write(tmp_path, _frame()), test_path=str(test), labels=["clicked"],
+                  categorical=["city"]) == f"{test}: the file is empty"
+
+
+@pytest.mark.parametrize("value,transform,message", [
+    (np.inf, "standard", "numeric column 'price' holds inf in 1 rows (values must be finite)"),
+    (-np.inf, "log", "numeric column 'price' holds -inf in 1 rows (values must be finite)"),
+    (1e308, "standard", "numeric column 'price' holds values up to 1e+308, too large to standardise; use "
+                        "--data.numeric_transform log or bucketize"),
+])
+def test_infinite_or_unscalable_numbers_are_errors_naming_the_file_and_column(tmp_path, value, transform, message):
+    frame = _frame()
+    frame.loc[[3, 9][:1 if np.isinf(value) else 2], "price"] = value
+    path = _write(tmp_path, frame)
+    assert _error(path=path, labels=["clicked"], numeric=["price"], numeric_transform=transform) == f"{path}: {message}"
+    if not np.isinf(value):  # log or buckets hold them
+        data = _setup(path=path, labels=["clicked"], numeric=["price"], numeric_transform="log")
+        assert torch.isfinite(data.splits["train"].tensors["numeric"]).all()
+
+
+@pytest.mark.parametrize("preset,header,message", [
+    ("ali-ccp", "0,1,2,3", "the header-less ali-ccp (AITM) layout has 20 columns (click, ..., 301), this file has 4"),
+    ("criteo", "1\t2\t3", "the tab-separated criteo layout has 40 columns (label, ..., C26), this file has 3"),
+    ("census-income", "1,2,3", "the raw census-income layout has 43 columns (row_id, ..., income_50k), this file has "
+                               "3"),
+])
+def test_every_header_less_preset_checks_its_column_count(tmp_path, preset, header, message):
+    path = tmp_path / "data.csv"
+    path.write_text("\n".join([header] * 5) + "\n")
+    assert _error(path=str(path), preset=preset) == f"{path}: {message}"
+
+
+@needs_shared
+def test_the_real_adult_test_file_passes_the_label_rule_with_its_trailing_full_stops():
+    data = _setup(path=str(SHARED / "adult" / "adult.data.gz"), preset="adult", batch_size=4096)
+    assert len(data.splits["test"]) == 16281

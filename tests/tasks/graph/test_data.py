@@ -130,3 +130,168 @@ def test_sparse_adjacency_gives_the_same_logits_as_edge_index(kind):
     with torch.no_grad():
         expected = reference(g.x, g.edge_index)
         torch.testing.assert_close(expert_logits(model, g), expected, atol=1e-5, rtol=1e-4)
+
+
+# -- damaged and untrusted Planetoid files (issue #15) -----------------------------------------------------------------
+def _cora_copy(tmp_path):
+    from moezoo.tasks.graph.data import EMBEDDED_CORA
+
+    root = tmp_path / "graphs"
+    shutil.copytree(EMBEDDED_CORA / "raw", root / "Cora" / "raw")
+    return root, root / "Cora" / "raw"
+
+
+def test_safe_planetoid_reader_gives_exactly_what_pyg_reads_from_cora():
+    import torch
+    from torch_geometric.io import read_planetoid_data as pyg_read
+
+    from moezoo.tasks.graph.data import EMBEDDED_CORA
+    from moezoo.tasks.graph.planetoid import read_planetoid_data
+
+    ours, theirs = read_planetoid_data(EMBEDDED_CORA / "raw", "cora"), pyg_read(str(EMBEDDED_CORA / "raw"), "cora")
+    for key in ("x", "edge_index", "y", "train_mask", "val_mask", "test_mask"):
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_citeseer_test_nodes_that_test_index_skips_get_zero_rows_as_in_pyg(tmp_path):
+    """CiteSeer's isolated test nodes: test.index skips ids; PyG (and we) give them zero features and label 0."""
+    import pickle
+    from collections import defaultdict
+
+    import scipy.sparse as sp
+    import torch
+    from torch_geometric.io import read_planetoid_data as pyg_read
+
+    from moezoo.tasks.graph.planetoid import read_planetoid_data
+
+    rng = np.random.default_rng(0)
+    n_all, n_test, features, classes = 503, 3, 4, 2
+
+    def csr(rows):
+        return sp.random(rows, features, density=0.6, format="csr", dtype=np.float32, random_state=rng) + 0
+
+    def one_hot(rows):
+        return np.eye(classes, dtype=np.int32)[np.arange(rows) % classes]
+
+    test = np.array([n_all + 3, n_all, n_all + 1])  # n_all + 2 is skipped
+    graph = defaultdict(list, {i: [(i + 1) % (n_all + 4)] for i in range(n_all + 4)})
+    parts = {"x": csr(2), "tx": csr(n_test), "allx": csr(n_all), "y": one_hot(2), "ty": one_hot(n_test),
+             "ally": one_hot(n_all), "graph": graph}
+    for part, value in parts.items():
+        (tmp_path / f"ind.citeseer.{part}").write_bytes(pickle.dumps(value, protocol=2))
+    (tmp_path / "ind.citeseer.test.index").write_text("\n".join(map(str, test)) + "\n")
+    ours, theirs = read_planetoid_data(tmp_path, "citeseer"), pyg_read(str(tmp_path), "citeseer")
+    for key in ("x", "edge_index", "y", "train_mask", "val_mask", "test_mask"):
+        assert torch.equal(ours[key], theirs[key]), key
+    assert ours.num_nodes == n_all + 4 and ours.x[n_all + 2].abs().sum() == 0
+
+
+def test_a_bit_flip_that_made_pyg_segfault_in_todense_is_a_one_line_error_naming_the_file(tmp_path):
+    """Flipping bit 2 of byte 57263 of ind.cora.tx sets a column index to 67,110,073: PyG's reader (pickle.load,
+    then scipy's unchecked csr ``todense``) died with SIGSEGV. Run in a child process so that a regression
+    shows as a failed test, not a dead pytest."""
+    import subprocess
+    import sys
+
+    root, raw = _cora_copy(tmp_path)
+    damaged = bytearray((raw / "ind.cora.tx").read_bytes())
+    damaged[57263] ^= 1 << 2
+    (raw / "ind.cora.tx").write_bytes(bytes(damaged))
+    code = ("import sys\nfrom moezoo.errors import MoezooError\nfrom moezoo.tasks.graph import GraphData\n"
+            "try:\n    GraphData(root=sys.argv[1], name='Cora').setup()\nexcept MoezooError as e:\n    print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == (f"{raw / 'ind.cora.tx'}: the csr_matrix has column index 67110073 outside "
+                                     "0..1432 (the file is damaged)")
+
+
+def test_a_pickle_that_calls_outside_the_planetoid_format_is_refused_and_never_runs(tmp_path):
+    import os
+    import pickle
+
+    class Trap:
+        def __reduce__(self):
+            return os.mkdir, (str(tmp_path / "ran"),)
+
+    root, raw = _cora_copy(tmp_path)
+    (raw / "ind.cora.graph").write_bytes(pickle.dumps(Trap(), protocol=2))
+    with pytest.raises(MoezooError) as error:
+        _setup(root=str(root), name="Cora")
+    assert str(error.value) == (f"{raw / 'ind.cora.graph'}: not a readable Planetoid pickle (UnpicklingError: "
+                                "refused pickled global posix.mkdir (a Planetoid file holds only numpy arrays, scipy "
+                                "csr matrices and a dict of lists))")
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("part,damage,match", [
+    ("allx", "truncate", "ind.cora.allx: not a readable Planetoid pickle"),
+    ("test.index", "text", "ind.cora.test.index: expected one non-negative integer node id per line"),
+    ("ty", "labels", "ind.cora.ty: labels must be one-hot rows of 0/1"),
+    ("graph", "node", "ind.cora.graph: node 2708 is beyond the 2708 nodes that have features"),
+])
+def test_damaged_planetoid_files_are_one_line_errors_naming_the_file(tmp_path, part, damage, match):
+    import pickle
+
+    root, raw = _cora_copy(tmp_path)
+    path = raw / f"ind.cora.{part}"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "text":
+        path.write_text("1708\nseventeen\n")
+    elif damage == "labels":
+        labels = pickle.loads(path.read_bytes(), encoding="latin1")
+        labels[0, 0] = 3
+        path.write_bytes(pickle.dumps(labels, protocol=2))
+    else:
+        graph = pickle.loads(path.read_bytes(), encoding="latin1")
+        graph[0].append(2708)
+        path.write_bytes(pickle.dumps(graph, protocol=2))
+    with pytest.raises(MoezooError, match=match) as error:
+        _setup(root=str(root), name="Cora")
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+# -- damaged heterophilous npz files (issue #15) -----------------------------------------------------------------------
+@pytest.mark.parametrize("case,match", [
+    ("not_zip", "not an npz archive (a zip of .npy arrays); it starts with b'this'"),
+    ("object", "cannot read array 'node_features' (ValueError: Object arrays cannot be loaded when allow_pickle="),
+    ("masks_1d", "train_masks must be [splits, nodes] booleans, got bool of shape [10]"),
+    ("labels_range", "node_labels must be class ids 0..C-1 with every class present and C >= 2; found 2 distinct "
+                     "values from 0 to 7"),
+    ("labels_negative", "node_labels must be class ids 0..C-1"),
+    ("labels_2d", "node_labels must be [nodes] integer class ids, got int64 of shape [10, 2]"),
+    ("edges_3", "edges must have shape [edges, 2] (one row per edge), got [2, 3]"),
+    ("empty_train", "train_masks[0] selects no node (split 0 needs train nodes)"),
+    ("overlap", "the train, val and test masks of split 0 overlap"),
+    ("features_inf", "node_features holds 1 values that are not finite in float32"),
+])
+def test_bad_heterophilous_npz_is_a_one_line_error_naming_the_file_and_key(tmp_path, case, match):
+    path = tmp_path / "toy.npz"
+    _npz(path)
+    z = dict(np.load(path))
+    if case == "not_zip":
+        path.write_bytes(b"this is not a zip")
+    else:
+        if case == "object":
+            z["node_features"] = z["node_features"].astype(object)
+        elif case == "masks_1d":
+            z["train_masks"] = z["train_masks"][0]
+        elif case == "labels_range":
+            z["node_labels"] = np.where(z["node_labels"] == 1, 7, 0)
+        elif case == "labels_negative":
+            z["node_labels"] = z["node_labels"] - 1
+        elif case == "labels_2d":
+            z["node_labels"] = np.eye(2, dtype=np.int64)[z["node_labels"]]
+        elif case == "edges_3":
+            z["edges"] = np.array([[0, 1, 2], [1, 2, 3]])
+        elif case == "empty_train":
+            z["train_masks"][0] = False
+        elif case == "overlap":
+            z["val_masks"][0] |= z["train_masks"][0]
+        elif case == "features_inf":
+            z["node_features"][0, 0] = np.inf
+        np.savez(path, **z)
+    with pytest.raises(MoezooError) as error:
+        _setup(root=str(tmp_path), name="toy")
+    assert str(error.value).startswith(f"{path}: ") and match in str(error.value), str(error.value)
+    assert "\n" not in str(error.value)
