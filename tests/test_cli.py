@@ -228,3 +228,52 @@ def test_a_run_prints_no_litlogger_advert(tmp_path):
                              "--trainer.default_root_dir", str(tmp_path / "run"), cwd=tmp_path)
     assert code == 0, err[-3000:]
     assert "litlogger" not in out + err and "GPU available" in out + err, "Lightning's own lines still print"
+
+
+@pytest.mark.parametrize("flags,key,expected", [
+    (["--model.init_args.moee.k", "1"], "model.init_args.moee.k", "did you mean model.init_args.moe.k?"),
+    (["--model.moee.k", "1"], "model.init_args.moee.k", "did you mean model.init_args.moe.k?"),
+    (["--model.lrr", "1"], "model.init_args.lrr", "did you mean model.init_args.lr?"),
+    (["--model.init_args.moe.kk", "1"], "model.init_args.moe.kk", "did you mean model.init_args.moe.k?"),
+    (["--data.init_args.batch_sise", "3"], "data.init_args.batch_sise", "did you mean data.init_args.batch_size?"),
+    (["--data.batch_sise", "3"], "data.init_args.batch_sise", "did you mean data.init_args.batch_size?"),
+    (["--trainr.max_epochs", "3"], "trainr.max_epochs", "did you mean trainer.max_epochs?"),
+    (["--data.batch_size", "abc"], "data.init_args.batch_size", "expected int, got 'abc'"),
+    (["--trainer.max_epochs", "x"], "trainer.max_epochs", "expected int or null, got 'x'"),
+    (["--model.init_args.moe.router", "topk"], "model.init_args.moe.router",
+     "expected one of 'top_k', 'expert_choice', 'top_p', got 'topk'; did you mean 'top_k'?"),
+    (["--data.batch_size", "0"], "data.init_args.batch_size", "must be a positive integer, got 0"),
+    (["--data.num_workers", "-1"], "data.init_args.num_workers", "got -1"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_a_misspelt_key_or_wrong_value_is_one_line_naming_the_key_and_what_is_valid(flags, key, expected, tmp_path):
+    code, out, err = _moezoo("fit", "--task", "image-classification", *flags,
+                             "--trainer.default_root_dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert code == 2, err[-3000:]
+    assert len(err.strip().splitlines()) <= 3 and "Traceback" not in err and "usage:" not in err, err[-3000:]
+    (line,) = _error_lines(err)
+    assert line.startswith(f"moezoo: error: {key}: ") and expected in line, line
+    if "did you mean" in expected and "'" not in expected:  # an unknown key: the valid ones and where to look
+        assert "valid: " in line and "--help" in line or ".help " in line, line
+    assert not (tmp_path / "run" / "checkpoints").exists(), "rejected before training"
+
+
+def test_an_unknown_key_lists_the_classes_arguments_and_its_help(tmp_path):
+    code, _, err = _moezoo("fit", "--task", "image-classification", "--data.init_args.batch_sise", "3", cwd=tmp_path)
+    assert code == 2
+    (line,) = _error_lines(err)
+    valid = line.split("valid: ", 1)[1].split(" (see ", 1)[0].split(", ")
+    assert {"root", "batch_size", "num_workers", "image_size"} <= set(valid)
+    assert line.endswith("(see `moezoo fit --data.help moezoo.tasks.image_classification.ImageClassificationData`)")
+    code, _, err = _moezoo("fit", "--task", "image-classification", "--ckpt_pth", "x", cwd=tmp_path)
+    assert code == 2
+    (line,) = _error_lines(err)
+    assert "did you mean ckpt_path?" in line and line.endswith("(see `moezoo fit --help`)")
+    assert {"trainer", "model", "data", "ckpt_path"} <= set(line.split("valid: ", 1)[1].split(" (see ")[0].split(", "))
+
+
+def test_a_misspelt_key_in_a_config_file_is_named_like_a_flag(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("trainer:\n  max_epoch: 3\n")
+    code, _, err = _moezoo("fit", "--task", "image-classification", "--config", str(config), cwd=tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err[-3000:]
+    assert err.startswith("moezoo: error: trainer.max_epoch: unknown option; did you mean trainer.max_epochs?")
