@@ -26,3 +26,13 @@ def _caches_in_tmp(tmp_path, monkeypatch, _moezoo_cache):
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     monkeypatch.setenv("MOEZOO_CACHE", str(_moezoo_cache))  # one FID-cls classifier per session, not in ~/.cache
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread (modules of tiny CLI runs ask for it with ``pytestmark``): as fast for these tiny models,
+    and far faster when other processes hold the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,13 +19,7 @@ FAST = ["--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1", "
         "--model.init_args.embed_dim", "32", "--model.init_args.depth", "2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: as fast for these tiny models, and far faster when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _run(run_dir: Path, *args) -> dict:

@@ -17,13 +17,7 @@ GRAPH_BF16 = ("CPU sparse matmul has no bfloat16 kernel (addmm_out_sparse_csr_im
               "adj_t spmm under autocast, and Mowst's manual_backward inside autocast")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: as fast for these tiny models, and far faster when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
