@@ -6,6 +6,9 @@ override it; every LightningCLI flag keeps working.
 
 from __future__ import annotations
 
+import argparse
+import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,40 +17,77 @@ from moezoo.errors import MoezooError
 STAGES = ("fit", "validate", "test", "predict")
 USAGE = """usage: moezoo {fit,validate,test,predict} --task NAME [LightningCLI flags ...]
        moezoo tasks
+       moezoo export --ckpt_path CKPT --to DIR [--task NAME]
+       moezoo weights | moezoo download NAME
 
   fit|validate|test|predict   LightningCLI subcommands; --task NAME loads the registered config NAME
                               (`moezoo fit --task NAME --help` shows every flag)
   tasks                       list the registered task variants
+  export                      a checkpoint of `moezoo fit` as a hub folder (config.json, model.safetensors,
+                              README.md model card) that `<TaskClass>.from_pretrained(DIR)` loads
+  weights                     list the registered pretrained weights (moezoo/weights.yaml, $MOEZOO_WEIGHTS)
+  download NAME               fetch weights into the Hugging Face cache, check every sha256, print the folder
+  --weights NAME              (fit|validate|test|predict) start from registered weights (or a hub folder)
 """
 
 
-def _split_task(argv: list[str]) -> tuple[str | None, list[str]]:
-    rest, task, i = [], None, 0
+def _take_option(argv: list[str], option: str, what: str) -> tuple[str | None, list[str]]:
+    """The value of ``--option V`` / ``--option=V`` (the last one given) and the other arguments."""
+    rest, value, i = [], None, 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--task":
+        if arg == option:
             if i + 1 >= len(argv):
-                raise MoezooError("--task needs a name (see `moezoo tasks`)")
-            task, i = argv[i + 1], i + 2
+                raise MoezooError(f"{option} needs {what}")
+            value, i = argv[i + 1], i + 2
             continue
-        if arg.startswith("--task="):
-            task = arg.split("=", 1)[1]
+        if arg.startswith(f"{option}="):
+            value = arg.split("=", 1)[1]
         else:
             rest.append(arg)
         i += 1
-    return task, rest
+    return value, rest
+
+
+def _split_task(argv: list[str]) -> tuple[str | None, list[str]]:
+    return _take_option(argv, "--task", "a name (see `moezoo tasks`)")
+
+
+def _weights_folder(name: str, task: str | None) -> tuple[Path, dict, str | None]:
+    """``--weights NAME`` (registered, downloaded and checked) or ``--weights DIR`` (a hub folder): the folder, its
+    model config and its task variant; weights of another task than ``--task`` are refused by name."""
+    from moezoo import hub
+
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        from moezoo.weights import download
+
+        folder = download(name)
+    config = hub.read_config(folder / hub.CONFIG_NAME)
+    trained_as = config["moezoo"].get("task")
+    if task is not None and trained_as is not None and task != trained_as:
+        raise MoezooError(f"--weights {name}: these are weights of {trained_as}, not of --task {task}")
+    return folder, config["model"], trained_as
 
 
 def _run_lightning(stage: str, argv: list[str]) -> None:
     from moezoo.registry import resolve_task
 
     task, rest = _split_task(argv)
+    weights, rest = _take_option(rest, "--weights", "a name (see `moezoo weights`) or a hub folder")
+    model = []
+    if weights is not None:  # the weights' own model config comes after the task's config, before the user's flags
+        folder, model_config, trained_as = _weights_folder(weights, task)
+        task = task or trained_as
+        model = ["--model", json.dumps(model_config)]
     config = [] if task is None else ["--config", str(resolve_task(task).config)]
     from moezoo.training.cli import MoezooCLI  # heavy imports only when training
 
+    command = shlex.join(["moezoo", stage, *argv])  # as typed: recorded in the run's metrics.json
     argv, sys.argv = sys.argv, sys.argv[:1]  # the arguments go through `args`; LightningCLI warns when both are set
     try:
-        MoezooCLI(args=[stage, *config, *rest])
+        MoezooCLI(args=[stage, *config, *model, *rest], run_info={"task": task, "command": command},
+                  weights=folder if weights is not None else None)
     except ValueError as err:  # a class rejected its arguments while LightningCLI instantiated it
         cause = err.__cause__
         while cause is not None and not isinstance(cause, MoezooError):
@@ -63,12 +103,61 @@ def _run_lightning(stage: str, argv: list[str]) -> None:
 
 
 def _instantiation_error(message: str) -> str | None:
-    """The user-facing reason inside jsonargparse's "Does not validate against any of the Union subtypes" error."""
+    """The user-facing reason inside jsonargparse's "Does not validate against any of the Union subtypes" error:
+    the first alternative's reason, with the class that rejected its arguments when the reason names it."""
     if not message.startswith("Does not validate against any of the Union subtypes"):
         return None
-    reasons = [line.strip()[2:] for line in message.splitlines() if line.strip().startswith("- ")]
-    reasons = [r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")]
-    return reasons[0] if reasons else None
+    items, depth = [], None
+    for line in message.splitlines():
+        indent, text = len(line) - len(line.lstrip()), line.strip()
+        if text.startswith("- ") and (depth is None or indent == depth):
+            depth = indent
+            items.append([text[2:]])
+        elif items and depth is not None and indent > depth and text:
+            items[-1].append(text)
+        elif depth is not None and indent <= depth:
+            depth = None if not text.startswith("- ") else depth
+    reasons = [item for item in items if not item[0].startswith("Expected a <class 'NoneType'>")]
+    if not reasons:
+        return None
+    head, *rest = reasons[0]
+    if head.startswith("Problem with given class_path") and rest:
+        class_path = head.split("'")[1] if head.count("'") >= 2 else head
+        return f"{class_path.rsplit('.', 1)[-1]} rejected its arguments: {' '.join(rest)}"
+    return " ".join([head, *rest]) if head.endswith(":") else head
+
+
+class _Arguments(argparse.ArgumentParser):
+    """argparse whose errors are a MoezooError (one line, exit 2 through main)."""
+
+    def error(self, message: str):
+        raise MoezooError(f"{self.prog}: {message}")
+
+
+def _export(argv: list[str]) -> None:
+    parser = _Arguments(prog="export", description="a checkpoint of `moezoo fit` as a hub folder")
+    parser.add_argument("--ckpt_path", required=True, help="the Lightning checkpoint (e.g. checkpoints/best-*.ckpt)")
+    parser.add_argument("--to", required=True, help="the folder to write (config.json, model.safetensors, README.md)")
+    parser.add_argument("--task", default=None, help="the task variant (default: the one the run recorded)")
+    args = parser.parse_args(argv)
+    if args.task is not None:
+        from moezoo.registry import resolve_task
+
+        resolve_task(args.task)  # an unknown name lists the valid ones
+    from moezoo.hub import export_checkpoint
+
+    out = export_checkpoint(args.ckpt_path, args.to, task=args.task)
+    print(out)
+
+
+def _download(argv: list[str]) -> None:
+    parser = _Arguments(prog="download", description="fetch registered weights and check their sha256")
+    parser.add_argument("name", help="a name from `moezoo weights`")
+    parser.add_argument("--force", action="store_true", help="download again even if cached")
+    args = parser.parse_args(argv)
+    from moezoo.weights import download
+
+    print(download(args.name, force_download=args.force))
 
 
 def _print_tasks() -> None:
@@ -97,10 +186,19 @@ def main(argv: list[str] | None = None) -> None:
         command, rest = argv[0], argv[1:]
         if command == "tasks":
             _print_tasks()
+        elif command == "export":
+            _export(rest)
+        elif command == "weights":
+            from moezoo.weights import print_weights
+
+            print_weights()
+        elif command == "download":
+            _download(rest)
         elif command in STAGES:
             _run_lightning(command, rest)
         else:
-            raise MoezooError(f"unknown command {command!r}; valid: {', '.join((*STAGES, 'tasks'))}")
+            commands = (*STAGES, "tasks", "export", "weights", "download")
+            raise MoezooError(f"unknown command {command!r}; valid: {', '.join(commands)}")
     except MoezooError as err:
         print(f"{Path(sys.argv[0]).name or 'moezoo'}: error: {_message(err)}", file=sys.stderr)
         sys.exit(2)

@@ -238,6 +238,9 @@ def test_a_run_prints_no_litlogger_advert(tmp_path):
      "expected one of 'top_k', 'expert_choice', 'top_p', got 'topk'; did you mean 'top_k'?"),
     (["--data.batch_size", "0"], "data.init_args.batch_size", "must be a positive integer, got 0"),
     (["--data.num_workers", "-1"], "data.init_args.num_workers", "got -1"),
+    (["--model.init_args.lr", "-1"], "model.init_args.lr", "must be a positive number, got -1.0"),
+    (["--model.weight_decay", "-0.1"], "model.init_args.weight_decay", "must be a number >= 0, got -0.1"),
+    (["--data.image_size", "0"], "data.init_args.image_size", "must be a positive integer, got 0"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_a_misspelt_key_or_wrong_value_is_one_line_naming_the_key_and_what_is_valid(flags, key, expected, tmp_path):
     code, out, err = _moezoo("fit", "--task", "image-classification", *flags,
@@ -249,6 +252,14 @@ def test_a_misspelt_key_or_wrong_value_is_one_line_naming_the_key_and_what_is_va
     if "did you mean" in expected and "'" not in expected:  # an unknown key: the valid ones and where to look
         assert "valid: " in line and "--help" in line or ".help " in line, line
     assert not (tmp_path / "run" / "checkpoints").exists(), "rejected before training"
+
+
+def test_arguments_a_class_rejects_are_one_line_naming_the_class_and_its_reason(tmp_path):
+    code, _, err = _moezoo("fit", "--task", "image-classification", "--model.init_args.embed_dim", "30",
+                           "--trainer.default_root_dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert _error_lines(err) == ["moezoo: error: ImageClassifier rejected its arguments: dim should be divisible by "
+                                 "num_heads"]
 
 
 def test_an_unknown_key_lists_the_classes_arguments_and_its_help(tmp_path):

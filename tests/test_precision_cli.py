@@ -13,8 +13,6 @@ from moezoo.kernels import ops
 
 BF16 = ["--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "1", "--trainer.enable_progress_bar", "false"]
 DIT = ["--model.init_args.samples_per_class", "1", "--model.init_args.sample_steps", "2"]
-GRAPH_BF16 = ("CPU sparse matmul has no bfloat16 kernel (addmm_out_sparse_csr_impl_mkl): tasks/graph runs GCN's "
-              "adj_t spmm under autocast, and Mowst's manual_backward inside autocast")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -63,7 +61,6 @@ def test_ctr_mmoe_trains_in_bf16_mixed(tmp_path):
     assert 0 <= metrics["test/auc_click"] <= 1
 
 
-@pytest.mark.xfail(raises=NotImplementedError, strict=True, reason=GRAPH_BF16)
 def test_graph_mowst_gcn_trains_in_bf16_mixed(tmp_path):
     metrics = _fit_bf16(tmp_path, "graph/mowst-gcn")
     assert 0 <= metrics["test/acc"] <= 1

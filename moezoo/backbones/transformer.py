@@ -86,7 +86,8 @@ class MoETransformer(nn.Module):
     (``group``, ``router_input``, ``condition``). With ``is_causal`` the model is causal only under dropless
     token-choice routing: with a capacity factor, or expert choice, which tokens an expert takes depends on later ones.
     ``device``/``dtype``: of every parameter, as timm's layers take them (``device="meta"`` allocates nothing: build
-    a large model there, then ``to_empty`` and load or upcycle its weights).
+    a large model there, then ``moezoo.moe.materialize(model, device)`` (``to_empty`` plus the routers' non-persistent
+    buffers) and load or upcycle its weights).
     """
 
     def __init__(self, dim: int, depth: int, num_heads: int, *, mlp_ratio: float = 4.0, moe: MoEArgs | None = None,

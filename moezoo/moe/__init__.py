@@ -4,6 +4,7 @@ from .builder import MoEArgs
 from .experts import DenseMLP, GroupedMLP, ModuleExperts
 from .layer import MoE
 from .losses import global_batch_load_balancing_loss, router_z_loss, switch_load_balancing_loss
+from .materialize import init_non_persistent_buffers, materialize
 from .mixture import GatedMixture
 from .precision import ExpertLayerwiseCasting, enable_expert_layerwise_casting
 from .prototype import PrototypeRouter, routing_contrastive_loss
@@ -47,7 +48,9 @@ __all__ = [
     "enable_expert_layerwise_casting",
     "global_batch_load_balancing_loss",
     "in_backward",
+    "init_non_persistent_buffers",
     "load_by_label",
+    "materialize",
     "moe_layers",
     "normalized_mutual_information",
     "router_z_loss",

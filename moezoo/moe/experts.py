@@ -14,8 +14,8 @@
 ``DenseMLP`` is one FFN, the always-on shared expert and the dense baseline. Stacked weights [E, d_in, d_out] are
 initialised per expert as ``nn.Linear`` is (``init_stacked_linear_``), activations are looked up by name in
 ``moezoo.kernels.activations``, and every bank that owns parameters takes ``device`` and ``dtype`` for them (as
-timm's layers do), so a model can be built on ``device="meta"`` and materialised with ``to_empty`` and
-``reset_parameters``.
+timm's layers do), so a model can be built on ``device="meta"`` and materialised with ``moezoo.moe.materialize``
+(``to_empty``, the non-persistent buffers, optionally ``reset_parameters``).
 """
 
 from __future__ import annotations

@@ -35,16 +35,21 @@ from .routing import Routing
 
 def routing_contrastive_loss(prototypes: torch.Tensor, tokens: torch.Tensor, expert_index: torch.Tensor,
                              temperature: float = 0.07) -> torch.Tensor:
-    """L above, for tokens [A, d] assigned to ``expert_index`` [A] among R prototypes [R, d]; 0 if no expert has any."""
+    """L above, for tokens [A, d] assigned to ``expert_index`` [A] among R prototypes [R, d]; 0 if no expert has any.
+
+    Experts without tokens take no part (no row, no column): computed on all R with them masked, so that every shape
+    is static and ``torch.compile(fullgraph=True)`` traces it.
+    """
     num_experts = prototypes.shape[0]
     counts = torch.bincount(expert_index, minlength=num_experts)
     sums = tokens.new_zeros(num_experts, tokens.shape[-1]).index_add(0, expert_index, tokens)
-    used = (counts > 0).nonzero().squeeze(1)
-    if used.numel() == 0:
-        return tokens.new_zeros(())
-    means = sums[used] / counts[used, None].to(tokens.dtype)
-    logits = F.normalize(prototypes[used], dim=-1) @ F.normalize(means, dim=-1).t() / temperature
-    return F.cross_entropy(logits, torch.arange(used.numel(), device=logits.device))
+    used = counts > 0
+    means = sums / counts.clamp(min=1)[:, None].to(tokens.dtype)
+    logits = F.normalize(prototypes, dim=-1) @ F.normalize(means, dim=-1).t() / temperature
+    logits = logits.masked_fill(~used[None, :], torch.finfo(logits.dtype).min)  # an unused mean is no candidate
+    target = torch.where(used, torch.arange(num_experts, device=logits.device), -100)  # nor an unused prototype
+    per_row = F.cross_entropy(logits, target, ignore_index=-100, reduction="none")
+    return per_row.sum() / used.sum().clamp(min=1).to(per_row.dtype)
 
 
 class PrototypeRouter(nn.Module):

@@ -71,11 +71,22 @@ class Router(nn.Module):
         self.gate = nn.Linear(dim, self.num_slots, bias=False)
         if gate_init_std is not None:
             nn.init.normal_(self.gate.weight, std=gate_init_std)
-        self.register_buffer("group_mask", self._group_mask(expert_groups), persistent=False)
+        self.expert_groups = None if expert_groups is None else [list(g) for g in expert_groups]
+        self.register_buffer("group_mask", self._group_mask(self.expert_groups), persistent=False)
         self.register_buffer("expert_bias", torch.zeros(self.num_slots))
         # assignments per slot since the last optimizer step (local, and summed over ranks for global balancing)
         self.register_buffer("step_counts", torch.zeros(self.num_slots), persistent=False)
         self.register_buffer("global_counts", torch.zeros(self.num_slots), persistent=False)
+
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute the buffers a state dict does not hold (the group mask, the step's counts), in place, on their
+        device: after ``to_empty`` of a model built on the meta device they hold whatever memory was there (timm's
+        name for the same step; ``moezoo.moe.materialize`` calls it on every module that has it)."""
+        with torch.no_grad():
+            if self.group_mask is not None:
+                self.group_mask.copy_(self._group_mask(self.expert_groups))
+            self.step_counts.zero_()
+            self.global_counts.zero_()
 
     def _group_mask(self, expert_groups) -> torch.Tensor | None:
         if expert_groups is None:

@@ -99,10 +99,13 @@ def _number(value):
 class MetricsJson(L.Callback):
     """Merges the final metrics of each fit / validate / test into ``<run dir>/metrics.json`` (flat, by metric name),
     so results can be scripted. Fit also records the best checkpoint and its score, and ``train_seconds_per_step``:
-    the mean wall time of a training batch (forward, backward, optimizer step), the first one (warm-up) left out."""
+    the mean wall time of a training batch (forward, backward, optimizer step), the first one (warm-up) left out.
+    ``run_info`` (the CLI's task variant and command line, written by fit; the ``--weights`` a run started from, by
+    any stage) is written with them: ``moezoo export`` reads it."""
 
-    def __init__(self, filename: str = "metrics.json"):
+    def __init__(self, filename: str = "metrics.json", run_info: dict | None = None):
         self.filename = filename
+        self.run_info = {k: v for k, v in (run_info or {}).items() if v is not None}
         self._step_start: float | None = None
         self._step_times: list[float] = []
 
@@ -126,6 +129,9 @@ class MetricsJson(L.Callback):
             if number is not None:
                 metrics[name] = number
         metrics.update(extra or {})
+        for key, value in self.run_info.items():  # the command that trained the weights: fit's, not a later test's
+            if key == "weights" or trainer.state.fn == "fit":  # the weights a run started from: any stage's
+                metrics[key] = value
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

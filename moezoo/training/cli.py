@@ -35,25 +35,36 @@ class _NoAdverts(logging.Filter):
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
-# What the data decides and the model is built with, linked at instantiation (LightningCLI's link_arguments):
-# (data module attribute, model argument). A link applies when the data module has the attribute and the chosen
-# model class takes the argument; the data's value then replaces any given one. The model is thus built from its
-# own arguments (saved in its checkpoint and config), never by reading the trainer's datamodule.
-LINKED_SIZES = (
-    ("num_classes", "num_classes"),
-    ("in_chans", "in_chans"),  # image classification
-    ("img_size", "img_size"),
-    ("image_size", "image_size"),  # diffusion
-    ("channels", "channels"),
-    ("fid_classifier", "fid_classifier"),  # a callable: the FID-cls classifier of the training images
-    ("num_features", "num_features"),  # graph
-    ("metric", "metric"),
-    ("field_cardinalities", "cardinalities"),  # CTR
-    ("num_numeric", "num_numeric"),
-    ("tasks", "tasks"),
-    ("domains", "domains"),
-    ("user_column", "has_user"),
-)
+def declared_links(args: list[str]) -> dict[str, str]:
+    """The ``model_links`` ({data attribute: model argument}) of the data classes that ``args`` name.
+
+    The data class is named by a ``--config`` file's ``data.class_path`` (the task's config comes first), by
+    ``--data.class_path`` or by ``--data CLASS``; each is imported here, before the parser is built, so that a family
+    declares its links on its own data module and the core names none. A name that does not import is left to the
+    parser, which reports it.
+    """
+    names = []
+    for i, arg in enumerate(args):
+        key, value = arg.split("=", 1) if "=" in arg else (arg, args[i + 1] if i + 1 < len(args) else "")
+        if key == "--config":
+            try:
+                config = yaml.safe_load(Path(value).read_text())
+            except (OSError, yaml.YAMLError):
+                continue  # the parser says what is wrong with the file
+            data = config.get("data") if isinstance(config, dict) else None
+            if isinstance(data, dict) and isinstance(data.get("class_path"), str):
+                names.append(data["class_path"])
+        elif key in ("--data.class_path", "--data") and "." in value and not value.endswith((".yaml", ".yml")):
+            names.append(value)
+    links = {}
+    for name in names:
+        module, _, attribute = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError, ValueError):
+            continue
+        links.update(getattr(cls, "model_links", {}))
+    return links
 
 
 # A jsonargparse parse error is a tree: "Parser key" and "Problem with given class_path" blocks (with a Union's
@@ -222,15 +233,20 @@ class MoezooCLI(LightningCLI):
     - for ``predict``, ``predictions.pt`` (and ``predictions.csv`` for one label per sample).
 
     ``fit`` ends by testing the best checkpoint when the datamodule has a test split. Sizes the data decides
-    (classes, channels, feature widths, vocabularies: ``LINKED_SIZES``) reach the model's arguments by
-    ``link_arguments`` when both are instantiated.
+    (classes, channels, feature widths, vocabularies: the data module's ``model_links``) reach the model's
+    arguments by ``link_arguments`` when both are instantiated.
 
     With ``--ckpt_path``, Lightning takes the model's arguments from the checkpoint (so the architecture matches it);
     ``--model.*`` flags typed on the command line still win over them (e.g. ``moezoo test ... --model.cfg_scale 1``).
     """
 
-    def __init__(self, args: list[str]):
+    def __init__(self, args: list[str], run_info: dict | None = None, weights: Path | None = None):
         self._args = list(args)
+        self._run_info = dict(run_info or {})  # the task variant and the command, written to metrics.json
+        self._weights = weights  # a hub folder whose model.safetensors the model starts from (--weights)
+        if weights is not None:
+            self._run_info["weights"] = str(weights)
+        self._links = declared_links(self._args)
         super().__init__(
             TaskModule,
             L.LightningDataModule,
@@ -257,7 +273,7 @@ class MoezooCLI(LightningCLI):
             return MoezooError(" ".join(line.strip() for line in str(err).splitlines()))
 
     def add_arguments_to_parser(self, parser) -> None:
-        for attribute, argument in LINKED_SIZES:
+        for attribute, argument in self._links.items():
             parser.link_arguments(f"data.{attribute}", f"model.init_args.{argument}", apply_on="instantiate")
 
     def _model_flags(self) -> dict:
@@ -295,6 +311,14 @@ class MoezooCLI(LightningCLI):
                 self.config = self.parser.parse_object({subcommand: {"model": flags}}, self.config)
         except ArgumentError as err:
             raise self._config_error(err) from None
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if self._weights is not None:
+            from moezoo import hub
+
+            self.model.configure_model()  # layers built from the linked sizes, then the weights into them
+            hub.load_weights(self.model, Path(self._weights) / hub.WEIGHTS_NAME)
 
     def before_instantiate_classes(self) -> None:
         """Rejects batch sizes and worker counts a DataLoader would reject, by their keys, before building anything."""
@@ -355,7 +379,7 @@ class MoezooCLI(LightningCLI):
             callbacks.append(ModelCheckpoint(
                 dirpath=root / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False,
             ))
-        callbacks += [ExpertLoadHeatmap(), MetricsJson()]
+        callbacks += [ExpertLoadHeatmap(), MetricsJson(run_info=self._run_info)]
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter())
         return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})

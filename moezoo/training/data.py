@@ -4,6 +4,7 @@ and ``SplitDataModule``, a data module base that builds the train/val/test/predi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import numpy as np
@@ -16,6 +17,12 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from moezoo.errors import MoezooError
+
+
+def check_image_size(image_size, key: str = "data.init_args.image_size") -> None:
+    """A MoezooError naming ``key`` unless ``image_size`` is a positive integer (the side of square images)."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise MoezooError(f"{key}: must be a positive integer, got {image_size!r}")
 
 
 def load_digits_images(image_size: int = 8, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +143,12 @@ class SplitDataModule(L.LightningDataModule):
     split (on val when there is none). A subclass sets ``batch_size`` and ``num_workers`` or overrides
     ``make_loader`` (whole-graph batches, batch samplers).
     """
+
+    # What this data decides and the model is built with: {data attribute: model argument}. The CLI links each pair
+    # at instantiation (LightningCLI's ``link_arguments``) when the chosen model takes the argument, so the model is
+    # built from its own arguments (kept in its checkpoint and config), never by reading the trainer's datamodule.
+    # Any LightningDataModule may declare it; a family declares its own, the core names none.
+    model_links: ClassVar[dict[str, str]] = {}
 
     splits: dict[str, Dataset] | None = None
     batch_size: int = 64

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from huggingface_hub import ModelHubMixin
 
+from moezoo import hub
+from moezoo.errors import MoezooError
 from moezoo.moe import after_optimizer_step, aux_loss_terms, load_by_label, routing_labels, routing_stats
 
 from .callbacks import plot_load_by_label
 
 
-class TaskModule(L.LightningModule):
+class TaskModule(L.LightningModule, ModelHubMixin, library_name="moezoo", tags=["moezoo", "mixture-of-experts"]):
     """Base for tasks. A subclass implements ``task_step(batch, stage) -> loss`` (updating and logging its metrics)
     and may set ``monitor`` / ``monitor_mode`` (the validation metric that picks the best checkpoint).
 
@@ -36,7 +39,14 @@ class TaskModule(L.LightningModule):
 
     Optimisation: AdamW(lr, weight_decay) with linear warmup over ``warmup_epochs`` and cosine decay to 0 over the
     run; LightningCLI's ``--optimizer`` / ``--lr_scheduler`` replace it.
+
+    Hub folders (``moezoo.hub``, huggingface_hub's ``ModelHubMixin``): ``save_pretrained(dir)`` writes
+    ``config.json`` (the model's config, enough to rebuild it without data or trainer), ``model.safetensors`` and a
+    model card; ``Class.from_pretrained(dir_or_repo_id)`` rebuilds it in eval mode and refuses another class's
+    folder; ``push_to_hub`` is the mixin's. ``hub_task`` names the task variant the weights belong to.
     """
+
+    hub_task: str | None = None
 
     monitor: str = "val/loss"
     monitor_mode: str = "min"
@@ -45,10 +55,37 @@ class TaskModule(L.LightningModule):
     def __init__(self, lr: float = 1e-3, weight_decay: float = 0.05, warmup_epochs: float = 0.0,
                  cosine: bool = True):
         super().__init__()
+        for key, value, ok, need in (("lr", lr, lambda v: v > 0, "a positive number"),
+                                     ("weight_decay", weight_decay, lambda v: v >= 0, "a number >= 0"),
+                                     ("warmup_epochs", warmup_epochs, lambda v: v >= 0, "a number >= 0")):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value) or value != value:
+                raise MoezooError(f"model.init_args.{key}: must be {need}, got {value!r}")
         self.lr, self.weight_decay, self.warmup_epochs, self.cosine = lr, weight_decay, warmup_epochs, cosine
 
     def task_step(self, batch, stage: str) -> torch.Tensor:
         raise NotImplementedError
+
+    # -- hub folders (huggingface_hub's ModelHubMixin hooks) -----------------------------------------------------
+    def _save_pretrained(self, save_directory: Path) -> None:
+        hub.save_folder(self, Path(save_directory), task=self.hub_task)
+
+    def generate_model_card(self, *args, **kwargs):
+        return hub.model_card(self, task=kwargs.pop("task", self.hub_task), **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, revision: str | None = None, **model_kwargs):
+        """The model saved in a folder or a Hub repo (``config.json`` + ``model.safetensors``), in eval mode.
+
+        Built from its own config (no data module, no trainer); ``cls`` must be its class or a base of it (a
+        folder of another task is refused by name). ``model_kwargs`` are not accepted: the config is the model.
+        """
+        if model_kwargs:
+            raise MoezooError(f"from_pretrained: unexpected arguments {', '.join(model_kwargs)} (the saved config "
+                              "decides the model; edit config.json to change it)")
+        return hub.load_folder(cls, str(pretrained_model_name_or_path), force_download=force_download, token=token,
+                               cache_dir=cache_dir, local_files_only=local_files_only, revision=revision)
 
     def routing_labels(self, batch, stage: str) -> dict[str, torch.Tensor] | None:
         """Labels of the batch's samples (or tokens) to count the routing by, in validation and test; None: none."""

@@ -157,6 +157,9 @@ class CTRData(SplitDataModule):
         num_samples, num_domains: size of the generated default.
     """
 
+    model_links = {"field_cardinalities": "cardinalities", "num_numeric": "num_numeric", "tasks": "tasks",
+                   "domains": "domains", "user_column": "has_user"}
+
     monitor = "val/auc"
     has_test = True
 
@@ -403,7 +406,7 @@ class CTRData(SplitDataModule):
         return tensors
 
     # -- what the models read -----------------------------------------------------------------------------------
-    # linked to the model's arguments of the same meaning by the CLI (moezoo.training.cli.LINKED_SIZES)
+    # linked to the model's arguments by the CLI (the class's ``model_links``)
     @property
     def field_cardinalities(self) -> list[int]:
         self.setup()

@@ -15,7 +15,7 @@ import numpy as np
 from torch.utils.data import Subset, TensorDataset
 from torchvision import transforms
 
-from moezoo.training.data import SplitDataModule, image_folder, load_digits_images, stratified_split
+from moezoo.training.data import SplitDataModule, check_image_size, image_folder, load_digits_images, stratified_split
 
 
 class DiffusionImageData(SplitDataModule):
@@ -29,10 +29,14 @@ class DiffusionImageData(SplitDataModule):
         batch_size, num_workers: loader settings.
     """
 
+    model_links = {"num_classes": "num_classes", "image_size": "image_size", "channels": "channels",
+                   "fid_classifier": "fid_classifier"}
+
     def __init__(self, root: str | None = None, image_size: int = 16, grayscale: bool = False,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, batch_size: int = 64,
                  num_workers: int = 0):
         super().__init__()
+        check_image_size(image_size)
         self.root = None if root is None else Path(root).expanduser()
         self.image_size, self.grayscale = image_size, grayscale
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed

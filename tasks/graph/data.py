@@ -165,6 +165,8 @@ class GraphData(SplitDataModule):
         metric: ``acc``, ``roc_auc`` or ``auto`` (ROC-AUC for two-class data, accuracy otherwise).
     """
 
+    model_links = {"num_features": "num_features", "num_classes": "num_classes", "metric": "metric"}
+
     def __init__(self, root: str | None = None, name: str = "Cora", split: int = 0,
                  normalize_features: bool | None = None,
                  metric: Literal["auto", "acc", "roc_auc"] = "auto"):

@@ -45,11 +45,16 @@ def expert_logits(expert, data):
     """Logits of a PyG expert on the whole graph: ``adj_t`` (sparse matmul) where the layer supports it.
 
     GCN caches its normalised adjacency on the first call (``cached=True``): the task is transductive, one graph.
+    Under CPU autocast the sparse path runs in float32: CPU sparse matmul has no bfloat16 kernel
+    (``addmm_out_sparse_csr_impl_mkl``), while dense layers (the MLP, GAT's gather/scatter) follow autocast.
     """
     if isinstance(expert, MLP):
         return expert(data.x)
     if isinstance(expert, GAT) or "adj_t" not in data:
         return expert(data.x, data.edge_index)
+    if data.x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return expert(data.x.float(), data.adj_t)
     return expert(data.x, data.adj_t)
 
 

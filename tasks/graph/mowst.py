@@ -140,7 +140,11 @@ class Mowst(GraphTask):
         loss = mowst_loss(conf[mask], weak_logits[mask], strong_logits[mask], y)
         opt = weak_opt if training_weak else strong_opt
         opt.zero_grad()
-        self.manual_backward(loss)
+        # Lightning calls training_step inside its autocast context and the backward would inherit it; the backward
+        # of the CPU sparse matmul (GCN's adj_t) has no bfloat16 kernel, so the backward runs outside autocast (as
+        # automatic optimisation does: Lightning's own backward is outside the forward context)
+        with torch.autocast(loss.device.type, enabled=False):
+            self.manual_backward(loss)
         opt.step()
         self.log("train/phase_is_weak", float(training_weak), batch_size=1)
         return loss

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import transforms
 
 from moezoo.errors import MoezooError
-from moezoo.training.data import SplitDataModule, image_folder, load_digits_images, stratified_split
+from moezoo.training.data import SplitDataModule, check_image_size, image_folder, load_digits_images, stratified_split
 
 
 class _Augmented(Dataset):
@@ -48,10 +48,13 @@ class ImageClassificationData(SplitDataModule):
         check_images: open every image once at setup so that a damaged file fails early, with its path.
     """
 
+    model_links = {"num_classes": "num_classes", "in_chans": "in_chans", "img_size": "img_size"}
+
     def __init__(self, root: str | None = None, image_size: int = 8, in_chans: int = 1, batch_size: int = 64,
                  num_workers: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
                  augment: bool = True, check_images: bool = True):
         super().__init__()
+        check_image_size(image_size)
         self.root = None if root is None else Path(root).expanduser()
         self.img_size, self.in_chans = image_size, in_chans
         self.batch_size, self.num_workers = batch_size, num_workers

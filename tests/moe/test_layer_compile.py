@@ -13,6 +13,7 @@ from torch._dynamo.utils import counters
 from moezoo.backbones import moe_vit
 from moezoo.kernels.triton import installed as triton_installed
 from moezoo.moe import ExpertChoiceRouter, GroupedMLP, MoE, MoEArgs, TopKRouter, aux_loss
+from moezoo.moe.prototype import PrototypeRouter
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
 
@@ -69,6 +70,28 @@ def test_compiled_moe_layer_has_no_graph_break_and_matches_eager(router, dtype, 
     layer = _layer(router, dtype)
     x = torch.randn(24, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
     _assert_compiled_matches_eager(layer, x, dtype, compiler)
+
+
+class _Conditioned(torch.nn.Module):
+    """A ProMoE layer called with a fixed per-sample condition mask (4 samples of 6 tokens, the 2nd unconditional)."""
+
+    def __init__(self, layer: MoE):
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("dropped", torch.tensor([False, True, False, False]))
+
+    def forward(self, x):
+        return self.layer(x, condition=self.dropped)
+
+
+@pytest.mark.parametrize("choice", ["token", "expert"])
+def test_compiled_promoe_layer_has_no_graph_break_and_matches_eager(choice):
+    """Both ProMoE forms, routing contrastive loss included (its unused experts are masked, not indexed away)."""
+    torch.manual_seed(0)
+    router = PrototypeRouter(32, num_routed=4, k=1, choice=choice, tokens_per_sample=6)
+    model = _Conditioned(MoE(32, router, GroupedMLP(5, 32, 64)))
+    x = torch.randn(24, 32, generator=torch.Generator().manual_seed(1))
+    _assert_compiled_matches_eager(model, x, torch.float32, "aot_eager")
 
 
 @pytest.mark.skipif(not triton_installed(), reason="triton is not installed")

@@ -1,0 +1,182 @@
+"""The registry of published weights: a name -> a Hub repo at a fixed revision, with the sha256 of every file.
+
+``moezoo weights`` lists it (timm's ``list_models(pretrained=True)``), ``moezoo download NAME`` fetches a set into the
+normal Hugging Face cache with ``hf_hub_download`` (``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE`` apply) and checks
+every sha256, ``create_model(NAME, pretrained=True)`` builds the model from it, and ``moezoo fit|test|predict --task X
+--weights NAME`` starts from it.
+
+The packaged registry is ``moezoo/weights.yaml``; ``MOEZOO_WEIGHTS`` names more registry files (``os.pathsep``
+separated: a lab's own hub or mirror), whose entries add to it. An entry::
+
+    digits-moe-vit:
+      task: image-classification          # the registered task variant the weights belong to
+      repo: owner/name                    # a Hub model repo (a hub folder: config.json, model.safetensors, README.md)
+      revision: 0123...cdef               # the commit (a branch or tag name also works, but does not pin)
+      files: {config.json: <sha256>, model.safetensors: <sha256>}
+      metrics: {test/acc: 0.99}           # what the weights measured (shown by `moezoo weights`)
+      description: one line
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from moezoo.errors import MoezooError
+from moezoo.hub import CONFIG_NAME, WEIGHTS_NAME
+
+REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    name: str
+    task: str
+    repo: str
+    revision: str
+    files: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    description: str = ""
+    source: str = ""  # the registry file that lists it
+
+
+def _entry(name: str, entry, source: str) -> PublishedWeights:
+    where = f"{source}: {name}"
+    if not isinstance(entry, dict):
+        raise MoezooError(f"{where}: expected a mapping with task, repo, revision and files")
+    missing = [key for key in ("task", "repo", "revision", "files") if key not in entry]
+    if missing:
+        raise MoezooError(f"{where}: missing {', '.join(missing)}")
+    files = entry["files"]
+    if not isinstance(files, dict) or not set(REQUIRED_FILES) <= set(files):
+        raise MoezooError(f"{where}: files must give the sha256 of {' and '.join(REQUIRED_FILES)}")
+    for filename, digest in files.items():
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise MoezooError(f"{where}: files.{filename} must be a sha256 (64 lowercase hex digits), got {digest!r}")
+    unknown = set(entry) - {"task", "repo", "revision", "files", "metrics", "description"}
+    if unknown:
+        raise MoezooError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+    return PublishedWeights(name, str(entry["task"]), str(entry["repo"]), str(entry["revision"]), dict(files),
+                            dict(entry.get("metrics") or {}), str(entry.get("description") or ""), source)
+
+
+def _read_registry(path: Path) -> dict[str, PublishedWeights]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise MoezooError(f"{path}: not a readable weights registry ({type(err).__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MoezooError(f"{path}: a weights registry is a mapping name -> entry")
+    return {str(name): _entry(str(name), entry, str(path)) for name, entry in data.items()}
+
+
+def registry_files() -> list[Path]:
+    """The packaged registry, then each file of ``MOEZOO_WEIGHTS``."""
+    files = [Path(str(resources.files("moezoo").joinpath("weights.yaml")))]
+    files += [Path(p).expanduser() for p in os.environ.get("MOEZOO_WEIGHTS", "").split(os.pathsep) if p]
+    return files
+
+
+def list_weights() -> dict[str, PublishedWeights]:
+    """Every registered set of weights by name, sorted (a later registry's entry replaces an earlier one's)."""
+    found: dict[str, PublishedWeights] = {}
+    for path in registry_files():
+        if not path.is_file():
+            raise MoezooError(f"MOEZOO_WEIGHTS: no such registry file: {path}")
+        found.update(_read_registry(path))
+    return dict(sorted(found.items()))
+
+
+def resolve_weights(name: str) -> PublishedWeights:
+    """The entry called ``name``; an unknown name lists the known ones and the closest."""
+    known = list_weights()
+    if name in known:
+        return known[name]
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.4)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    listed = ", ".join(known) if known else "none are registered (add a registry with MOEZOO_WEIGHTS)"
+    raise MoezooError(f"unknown weights {name!r}.{hint} Known weights: {listed} (see `moezoo weights`)")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(name: str, *, cache_dir: str | Path | None = None, force_download: bool = False) -> Path:
+    """Fetches every file of the weights ``name`` into the Hugging Face cache and checks its sha256; the folder.
+
+    A file whose sha256 differs from the registry's is deleted from the cache (so a retry downloads it again) and
+    named in the error.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    weights = resolve_weights(name)
+    folder = None
+    for filename, expected in weights.files.items():
+        try:
+            path = Path(hf_hub_download(weights.repo, filename, revision=weights.revision, cache_dir=cache_dir,
+                                        force_download=force_download))
+        except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise MoezooError(f"weights {name}: cannot download {filename} from {weights.repo}@{weights.revision} "
+                              f"({first})") from None
+        actual = sha256_of(path)
+        if actual != expected:
+            blob = path.resolve()
+            path.unlink(missing_ok=True)
+            blob.unlink(missing_ok=True)
+            raise MoezooError(f"weights {name}: {filename} has sha256 {actual}, the registry says {expected}; the "
+                              f"downloaded file was deleted ({path})")
+        folder = path.parent
+    return folder
+
+
+def create_model(name: str, pretrained: bool = True):
+    """The task model of the weights ``name`` (timm's ``create_model``): with ``pretrained``, its weights (downloaded
+    and checked); without, the same architecture freshly initialised (only ``config.json`` is fetched)."""
+    from moezoo import hub
+    from moezoo.training.task import TaskModule
+
+    if pretrained:
+        model = hub.load_folder(TaskModule, str(download(name)))
+    else:
+        weights = resolve_weights(name)
+        config = hub.read_config(_fetch_checked(weights, CONFIG_NAME))
+        model = hub.build_model(config["model"], f"weights {name}: {CONFIG_NAME}").eval()
+    model.hub_task = resolve_weights(name).task
+    return model
+
+
+def _fetch_checked(weights: PublishedWeights, filename: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    path = Path(hf_hub_download(weights.repo, filename, revision=weights.revision))
+    if sha256_of(path) != weights.files[filename]:
+        raise MoezooError(f"weights {weights.name}: {filename} does not match its sha256 (run `moezoo download "
+                          f"{weights.name}`)")
+    return path
+
+
+def print_weights() -> None:
+    """``moezoo weights``: one line per set: name, task, size of its weights file if cached, metrics."""
+    known = list_weights()
+    if not known:
+        print("no weights are registered yet (moezoo/weights.yaml is empty; add your own with MOEZOO_WEIGHTS=FILE)")
+        return
+    width = max(len(n) for n in known)
+    for name, weights in known.items():
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in weights.metrics.items())
+        print(f"{name:<{width}}  {weights.task}  {weights.repo}@{weights.revision[:12]}  {metrics}".rstrip())
