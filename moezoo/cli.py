@@ -139,6 +139,8 @@ def _export(argv: list[str]) -> None:
     parser.add_argument("--ckpt_path", required=True, help="the Lightning checkpoint (e.g. checkpoints/best-*.ckpt)")
     parser.add_argument("--to", required=True, help="the folder to write (config.json, model.safetensors, README.md)")
     parser.add_argument("--task", default=None, help="the task variant (default: the one the run recorded)")
+    parser.add_argument("--data", default=None, help="the model card's data and licence paragraph")
+    parser.add_argument("--license", default="mit", help="the weights' licence (a Hub licence id; default mit)")
     args = parser.parse_args(argv)
     if args.task is not None:
         from moezoo.registry import resolve_task
@@ -146,7 +148,7 @@ def _export(argv: list[str]) -> None:
         resolve_task(args.task)  # an unknown name lists the valid ones
     from moezoo.hub import export_checkpoint
 
-    out = export_checkpoint(args.ckpt_path, args.to, task=args.task)
+    out = export_checkpoint(args.ckpt_path, args.to, task=args.task, data=args.data, license=args.license)
     print(out)
 
 

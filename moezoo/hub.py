@@ -178,7 +178,8 @@ def load_folder(cls: type, model_id: str, **download) -> nn.Module:
     return model.eval()
 
 
-def export_checkpoint(ckpt_path: str | Path, to: str | Path, *, task: str | None = None) -> Path:
+def export_checkpoint(ckpt_path: str | Path, to: str | Path, *, task: str | None = None, data: str | None = None,
+                      license: str = "mit") -> Path:
     """Turns a Lightning checkpoint of ``moezoo fit`` into a hub folder ``to`` (``moezoo export``); returns it.
 
     The model is rebuilt from the checkpoint's hyper-parameters (read with ``weights_only=True``: no code runs) and
@@ -217,7 +218,7 @@ def export_checkpoint(ckpt_path: str | Path, to: str | Path, *, task: str | None
     if task and record.get("task") and task != record["task"]:
         raise MoezooError(f"--task {task}: {ckpt} was trained as {record['task']}")
     card = {"metrics": {k: v for k, v in record.items() if k.startswith(("test/", "val/"))} if measured else None,
-            "command": record.get("command")}
+            "command": record.get("command"), "data": data, "license": license}
     out = Path(to).expanduser()
     (out / CARD_NAME).unlink(missing_ok=True)  # the mixin keeps an existing card: this export writes its own
     model.save_pretrained(out, model_card_kwargs=card)

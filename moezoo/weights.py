@@ -15,6 +15,9 @@ separated: a lab's own hub or mirror), whose entries add to it. An entry::
       files: {config.json: <sha256>, model.safetensors: <sha256>}
       metrics: {test/acc: 0.99}           # what the weights measured (shown by `moezoo weights`)
       description: one line
+
+Small weights ship inside the package instead: ``path: weights/<folder>`` (relative to the ``moezoo`` package) in
+place of ``repo`` and ``revision``; ``download`` then checks their sha256 and returns that folder.
 """
 
 from __future__ import annotations
@@ -38,32 +41,40 @@ REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 class PublishedWeights:
     name: str
     task: str
-    repo: str
-    revision: str
+    repo: str | None
+    revision: str | None
     files: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)
     description: str = ""
     source: str = ""  # the registry file that lists it
+    path: str | None = None  # packaged weights: a folder relative to the moezoo package
+
+    @property
+    def where(self) -> str:
+        return f"packaged {self.path}" if self.path else f"{self.repo}@{(self.revision or '')[:12]}"
 
 
 def _entry(name: str, entry, source: str) -> PublishedWeights:
     where = f"{source}: {name}"
     if not isinstance(entry, dict):
         raise MoezooError(f"{where}: expected a mapping with task, repo, revision and files")
-    missing = [key for key in ("task", "repo", "revision", "files") if key not in entry]
+    needed = ("task", "files") + (() if "path" in entry else ("repo", "revision"))
+    missing = [key for key in needed if key not in entry]
     if missing:
-        raise MoezooError(f"{where}: missing {', '.join(missing)}")
+        raise MoezooError(f"{where}: missing {', '.join(missing)} (give repo and revision, or a packaged path)")
     files = entry["files"]
     if not isinstance(files, dict) or not set(REQUIRED_FILES) <= set(files):
         raise MoezooError(f"{where}: files must give the sha256 of {' and '.join(REQUIRED_FILES)}")
     for filename, digest in files.items():
         if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
             raise MoezooError(f"{where}: files.{filename} must be a sha256 (64 lowercase hex digits), got {digest!r}")
-    unknown = set(entry) - {"task", "repo", "revision", "files", "metrics", "description"}
+    unknown = set(entry) - {"task", "repo", "revision", "path", "files", "metrics", "description"}
     if unknown:
         raise MoezooError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
-    return PublishedWeights(name, str(entry["task"]), str(entry["repo"]), str(entry["revision"]), dict(files),
-                            dict(entry.get("metrics") or {}), str(entry.get("description") or ""), source)
+    text = {key: None if entry.get(key) is None else str(entry[key]) for key in ("repo", "revision", "path")}
+    return PublishedWeights(name, str(entry["task"]), text["repo"], text["revision"], dict(files),
+                            dict(entry.get("metrics") or {}), str(entry.get("description") or ""), source,
+                            text["path"])
 
 
 def _read_registry(path: Path) -> dict[str, PublishedWeights]:
@@ -124,6 +135,15 @@ def download(name: str, *, cache_dir: str | Path | None = None, force_download: 
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     weights = resolve_weights(name)
+    if weights.path is not None:
+        folder = Path(str(resources.files("moezoo").joinpath(weights.path)))
+        for filename, expected in weights.files.items():
+            if not (folder / filename).is_file():
+                raise MoezooError(f"weights {name}: packaged file {folder / filename} is missing (reinstall moezoo)")
+            if (actual := sha256_of(folder / filename)) != expected:
+                raise MoezooError(f"weights {name}: packaged {folder / filename} has sha256 {actual}, the registry "
+                                  f"says {expected} (reinstall moezoo)")
+        return folder
     folder = None
     for filename, expected in weights.files.items():
         try:
@@ -154,7 +174,8 @@ def create_model(name: str, pretrained: bool = True):
         model = hub.load_folder(TaskModule, str(download(name)))
     else:
         weights = resolve_weights(name)
-        config = hub.read_config(_fetch_checked(weights, CONFIG_NAME))
+        config_file = download(name) / CONFIG_NAME if weights.path else _fetch_checked(weights, CONFIG_NAME)
+        config = hub.read_config(config_file)
         model = hub.build_model(config["model"], f"weights {name}: {CONFIG_NAME}").eval()
     model.hub_task = resolve_weights(name).task
     return model
@@ -179,4 +200,7 @@ def print_weights() -> None:
     width = max(len(n) for n in known)
     for name, weights in known.items():
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in weights.metrics.items())
-        print(f"{name:<{width}}  {weights.task}  {weights.repo}@{weights.revision[:12]}  {metrics}".rstrip())
+        size = sum((Path(str(resources.files("moezoo").joinpath(weights.path))) / f).stat().st_size
+                   for f in weights.files) if weights.path else None
+        shown = f"  {size / 1e6:.2f} MB" if size is not None else ""
+        print(f"{name:<{width}}  {weights.task}  {weights.where}{shown}  {metrics}".rstrip())

@@ -39,6 +39,9 @@ def test_wheel_contains_every_task_package_and_config(wheel):
         expected |= {f"moezoo/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / folder).rglob("*.py")}
     expected |= {f"moezoo/configs/{p.relative_to(ROOT / 'configs').as_posix()}" for p in configs}
     expected |= {f"moezoo/tasks/graph/cora/raw/{p.name}" for p in (ROOT / "tasks/graph/cora/raw").iterdir()}
+    expected |= {"moezoo/weights.yaml"} | {f"moezoo/{p.relative_to(ROOT / 'moezoo').as_posix()}"
+                                          for p in (ROOT / "moezoo/weights").rglob("*") if p.is_file()}
+    assert "moezoo/weights/moe-vit-digits/model.safetensors" in expected
     assert "moezoo/configs/image-classification/default.yaml" in expected
     assert expected <= names, sorted(expected - names)
     assert not any(name.startswith(("tasks/", "kernels/", "demos/", "configs/", "tests/")) for name in names)
