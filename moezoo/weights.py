@@ -125,36 +125,29 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(name: str, *, cache_dir: str | Path | None = None, force_download: bool = False) -> Path:
-    """Fetches every file of the weights ``name`` into the Hugging Face cache and checks its sha256; the folder.
-
-    A file whose sha256 differs from the registry's is deleted from the cache (so a retry downloads it again) and
-    named in the error.
-    """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+def download(name: str, *, files: list[str] | None = None, cache_dir: str | Path | None = None,
+             force_download: bool = False) -> Path:
+    """Fetches the files of the weights ``name`` (all, or ``files``) into the Hugging Face cache and checks each
+    sha256; returns the folder. A downloaded file whose sha256 differs from the registry's is deleted from the cache
+    (so a retry downloads it again) and named in the error; a packaged one is named (reinstall moezoo)."""
+    from moezoo.hub import resolve_file
 
     weights = resolve_weights(name)
-    if weights.path is not None:
-        folder = Path(str(resources.files("moezoo").joinpath(weights.path)))
-        for filename, expected in weights.files.items():
-            if not (folder / filename).is_file():
-                raise MoezooError(f"weights {name}: packaged file {folder / filename} is missing (reinstall moezoo)")
-            if (actual := sha256_of(folder / filename)) != expected:
-                raise MoezooError(f"weights {name}: packaged {folder / filename} has sha256 {actual}, the registry "
-                                  f"says {expected} (reinstall moezoo)")
-        return folder
-    folder = None
-    for filename, expected in weights.files.items():
-        try:
-            path = Path(hf_hub_download(weights.repo, filename, revision=weights.revision, cache_dir=cache_dir,
-                                        force_download=force_download))
-        except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise MoezooError(f"weights {name}: cannot download {filename} from {weights.repo}@{weights.revision} "
-                              f"({first})") from None
-        actual = sha256_of(path)
-        if actual != expected:
+    packaged = Path(str(resources.files("moezoo").joinpath(weights.path))) if weights.path is not None else None
+    folder = packaged
+    for filename in files or list(weights.files):
+        expected = weights.files[filename]
+        if packaged is not None:
+            path = packaged / filename
+            if not path.is_file():
+                raise MoezooError(f"weights {name}: packaged file {path} is missing (reinstall moezoo)")
+        else:
+            path = resolve_file(weights.repo, filename, revision=weights.revision, cache_dir=cache_dir,
+                                force_download=force_download)
+        if (actual := sha256_of(path)) != expected:
+            if packaged is not None:
+                raise MoezooError(f"weights {name}: packaged {path} has sha256 {actual}, the registry says "
+                                  f"{expected} (reinstall moezoo)")
             blob = path.resolve()
             path.unlink(missing_ok=True)
             blob.unlink(missing_ok=True)
@@ -173,22 +166,10 @@ def create_model(name: str, pretrained: bool = True):
     if pretrained:
         model = hub.load_folder(TaskModule, str(download(name)))
     else:
-        weights = resolve_weights(name)
-        config_file = download(name) / CONFIG_NAME if weights.path else _fetch_checked(weights, CONFIG_NAME)
-        config = hub.read_config(config_file)
+        config = hub.read_config(download(name, files=[CONFIG_NAME]) / CONFIG_NAME)
         model = hub.build_model(config["model"], f"weights {name}: {CONFIG_NAME}").eval()
     model.hub_task = resolve_weights(name).task
     return model
-
-
-def _fetch_checked(weights: PublishedWeights, filename: str) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    path = Path(hf_hub_download(weights.repo, filename, revision=weights.revision))
-    if sha256_of(path) != weights.files[filename]:
-        raise MoezooError(f"weights {weights.name}: {filename} does not match its sha256 (run `moezoo download "
-                          f"{weights.name}`)")
-    return path
 
 
 def print_weights() -> None:
