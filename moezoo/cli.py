@@ -107,24 +107,16 @@ def _instantiation_error(message: str) -> str | None:
     the first alternative's reason, with the class that rejected its arguments when the reason names it."""
     if not message.startswith("Does not validate against any of the Union subtypes"):
         return None
-    items, depth = [], None
-    for line in message.splitlines():
-        indent, text = len(line) - len(line.lstrip()), line.strip()
-        if text.startswith("- ") and (depth is None or indent == depth):
-            depth = indent
-            items.append([text[2:]])
-        elif items and depth is not None and indent > depth and text:
-            items[-1].append(text)
-        elif depth is not None and indent <= depth:
-            depth = None if not text.startswith("- ") else depth
-    reasons = [item for item in items if not item[0].startswith("Expected a <class 'NoneType'>")]
+    from moezoo.training.cli import _union_alternatives  # the parse-error reader's own walk over the alternatives
+
+    items, _ = _union_alternatives(message.splitlines())
+    reasons = [item for item in items if not item.startswith("Expected a <class 'NoneType'>")]
     if not reasons:
         return None
-    head, *rest = reasons[0]
-    if head.startswith("Problem with given class_path") and rest:
-        class_path = head.split("'")[1] if head.count("'") >= 2 else head
-        return f"{class_path.rsplit('.', 1)[-1]} rejected its arguments: {' '.join(rest)}"
-    return " ".join([head, *rest]) if head.endswith(":") else head
+    head, _, rest = reasons[0].partition("\n")
+    if head.startswith("Problem with given class_path") and rest.strip() and head.count("'") >= 2:
+        return f"{head.split(chr(39))[1].rsplit('.', 1)[-1]} rejected its arguments: {' '.join(rest.split())}"
+    return " ".join(reasons[0].split())
 
 
 class _Arguments(argparse.ArgumentParser):
