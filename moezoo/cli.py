@@ -19,6 +19,7 @@ USAGE = """usage: moezoo {fit,validate,test,predict} --task NAME [LightningCLI f
        moezoo tasks
        moezoo export --ckpt_path CKPT --to DIR [--task NAME]
        moezoo weights | moezoo download NAME
+       moezoo demo --task NAME [--weights NAME|DIR | --ckpt_path CKPT] [--port N] [--share false]
 
   fit|validate|test|predict   LightningCLI subcommands; --task NAME loads the registered config NAME
                               (`moezoo fit --task NAME --help` shows every flag)
@@ -28,6 +29,8 @@ USAGE = """usage: moezoo {fit,validate,test,predict} --task NAME [LightningCLI f
   weights                     list the registered pretrained weights (moezoo/weights.yaml, $MOEZOO_WEIGHTS)
   download NAME               fetch weights into the Hugging Face cache, check every sha256, print the folder
   --weights NAME              (fit|validate|test|predict) start from registered weights (or a hub folder)
+  demo                        the family's Gradio app on the task's registered weights (or --weights/--ckpt_path):
+                              the model's answer and its routing, at http://127.0.0.1:7860
 """
 
 
@@ -154,6 +157,31 @@ def _download(argv: list[str]) -> None:
     print(download(args.name, force_download=args.force))
 
 
+def _flag(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _demo(argv: list[str]) -> None:
+    parser = _Arguments(prog="demo", description="the Gradio demo of a task family")
+    parser.add_argument("--task", default=None, help="the task variant (default: the one the weights record)")
+    parser.add_argument("--weights", default=None, help="registered weights (`moezoo weights`) or a hub folder")
+    parser.add_argument("--ckpt_path", default=None, help="a checkpoint of `moezoo fit`")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
+                        "machine only)")
+    parser.add_argument("--port", type=int, default=None, help="the port (default: the first free from 7860)")
+    parser.add_argument("--share", type=_flag, default=False, help="a public gradio.live link (default false)")
+    args = parser.parse_args(argv)
+    from moezoo.demos import build_demo, launch
+
+    app, shown = build_demo(args.task, args.weights, args.ckpt_path)
+    print(f"moezoo demo: {shown.task} from {shown.source}", flush=True)
+    launch(app, host=args.host, port=args.port, share=args.share)
+
+
 def _print_tasks() -> None:
     from moezoo.registry import list_tasks
 
@@ -188,10 +216,12 @@ def main(argv: list[str] | None = None) -> None:
             print_weights()
         elif command == "download":
             _download(rest)
+        elif command == "demo":
+            _demo(rest)
         elif command in STAGES:
             _run_lightning(command, rest)
         else:
-            commands = (*STAGES, "tasks", "export", "weights", "download")
+            commands = (*STAGES, "tasks", "export", "weights", "download", "demo")
             raise MoezooError(f"unknown command {command!r}; valid: {', '.join(commands)}")
     except MoezooError as err:
         print(f"{Path(sys.argv[0]).name or 'moezoo'}: error: {_message(err)}", file=sys.stderr)

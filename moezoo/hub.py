@@ -178,14 +178,9 @@ def load_folder(cls: type, model_id: str, **download) -> nn.Module:
     return model.eval()
 
 
-def export_checkpoint(ckpt_path: str | Path, to: str | Path, *, task: str | None = None, data: str | None = None,
-                      license: str = "mit") -> Path:
-    """Turns a Lightning checkpoint of ``moezoo fit`` into a hub folder ``to`` (``moezoo export``); returns it.
-
-    The model is rebuilt from the checkpoint's hyper-parameters (read with ``weights_only=True``: no code runs) and
-    loaded strictly. The run directory's ``metrics.json`` gives the task variant, the command and, when this is the
-    checkpoint they were measured on (its best one), the metrics of the model card.
-    """
+def load_checkpoint(ckpt_path: str | Path) -> nn.Module:
+    """The task model of a Lightning checkpoint of ``moezoo fit``, in eval mode: rebuilt from the checkpoint's
+    hyper-parameters (read with ``weights_only=True``: no code runs) and loaded strictly."""
     import torch
 
     from moezoo.training.cli import unreadable_checkpoint
@@ -206,12 +201,28 @@ def export_checkpoint(ckpt_path: str | Path, to: str | Path, *, task: str | None
                           "hyper_parameters)")
     config = {"class_path": hparams["_class_path"],
               "init_args": {k: v for k, v in hparams.items() if k not in _LIGHTNING_KEYS}}
-    model = fit_state(build_model(config, str(ckpt)), checkpoint["state_dict"], str(ckpt)).eval()
-    run = ckpt.parent.parent / "metrics.json"
+    return fit_state(build_model(config, str(ckpt)), checkpoint["state_dict"], str(ckpt)).eval()
+
+
+def checkpoint_run(ckpt_path: str | Path) -> dict:
+    """The ``metrics.json`` of the run that wrote a checkpoint (``<run>/checkpoints/<ckpt>``), or {}."""
+    run = Path(ckpt_path).expanduser().parent.parent / "metrics.json"
     try:
-        record = json.loads(run.read_text()) if run.is_file() else {}
+        return json.loads(run.read_text()) if run.is_file() else {}
     except (OSError, json.JSONDecodeError):
-        record = {}
+        return {}
+
+
+def export_checkpoint(ckpt_path: str | Path, to: str | Path, *, task: str | None = None, data: str | None = None,
+                      license: str = "mit") -> Path:
+    """Turns a Lightning checkpoint of ``moezoo fit`` into a hub folder ``to`` (``moezoo export``); returns it.
+
+    The model is rebuilt by ``load_checkpoint``. The run directory's ``metrics.json`` gives the task variant, the
+    command and, when this is the checkpoint they were measured on (its best one), the metrics of the model card.
+    """
+    model = load_checkpoint(ckpt_path)
+    ckpt = Path(ckpt_path).expanduser()
+    record = checkpoint_run(ckpt)
     best = record.get("best_model_path")
     measured = best is not None and Path(best).expanduser().resolve() == ckpt.resolve()
     model.hub_task = task or record.get("task")
