@@ -178,10 +178,10 @@ def print_weights() -> None:
     if not known:
         print("no weights are registered yet (moezoo/weights.yaml is empty; add your own with MOEZOO_WEIGHTS=FILE)")
         return
-    width = max(len(n) for n in known)
+    width, task_width = max(len(n) for n in known), max(len(w.task) for w in known.values())
     for name, weights in known.items():
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in weights.metrics.items())
         size = sum((Path(str(resources.files("moezoo").joinpath(weights.path))) / f).stat().st_size
                    for f in weights.files) if weights.path else None
         shown = f"  {size / 1e6:.2f} MB" if size is not None else ""
-        print(f"{name:<{width}}  {weights.task}  {weights.where}{shown}  {metrics}".rstrip())
+        print(f"{name:<{width}}  {weights.task:<{task_width}}  {weights.where}{shown}  {metrics}".rstrip())

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 PACKAGED = {name: w for name, w in list_weights().items() if w.path}
 
 
-def test_every_landed_family_but_dit_ships_small_checked_weights():
-    assert {w.task.split("/")[0] for w in PACKAGED.values()} == {"image-classification", "graph", "ctr"}
+def test_every_landed_family_ships_small_checked_weights():
+    assert {w.task.split("/")[0] for w in PACKAGED.values()} == {"image-classification", "graph", "ctr", "dit"}
     for name, weights in PACKAGED.items():
         folder = download(name)  # checks every sha256
         assert (folder / "model.safetensors").stat().st_size < 5e6, "a few MB at most"
