@@ -3,11 +3,11 @@ weight each gate gives each expert.
 
 The form is the training data's: one dropdown per categorical column of its vocabulary's raw values (the values
 before encoding), one number per numeric column (raw, as in the file), and the domain; a filled-in form is encoded
-by the data module's own encoder (``CTRData._encode``: a value outside the vocabulary -> the reserved index 0,
+by the data module's own encoders (``CTRData.encode_rows``: a value outside the vocabulary -> the reserved index 0,
 numbers standardised with the training split's statistics), so the model reads exactly what training gave it. The
-packaged weights were trained on the embedded generator: ``CTRData()`` with its default arguments is rebuilt here
-and its fields, tasks and domains are checked against the model's. Weights trained on a user's file need that
-file's vocabularies, which neither a hub folder nor a checkpoint carries: a MoezooError says so.
+encoders travel with the model: ``CTRData.state_dict()`` is in every checkpoint of ``moezoo fit`` and in the hub
+folder's ``data.json`` (``moezoo export``). For the embedded generator the generator is rebuilt, so its test rows
+can be loaded into the form; a user's file is not needed (nor read): the form starts on typical values.
 
 The gates come from the core: the row's forward runs inside ``routing_labels(model, {})``, so every routing module
 counts its gate mass (``load_by_label``'s ``"*"`` table), and the experts that several tasks' gates share (MMoE's
@@ -48,9 +48,9 @@ def _natural(value: str):
 class Fields:
     """The form of a CTR model: the data module it was trained on, its columns, and the raw rows of its test split."""
 
-    data: object  # a set-up CTRData
+    data: object  # a CTRData, set up or with its encoders loaded (load_state_dict)
     spec: dict  # the data's columns: categorical, numeric, domain, transform
-    test: pd.DataFrame  # the raw test rows, in the order of the data module's test split
+    test: pd.DataFrame | None  # the raw test rows, in the order of the data module's test split (None: unknown)
 
     @property
     def categorical(self) -> list[str]:
@@ -72,10 +72,30 @@ class Fields:
     def choices(self, column: str) -> list[str]:
         """The raw values of a categorical column's vocabulary (or, hashed, the values of the test split)."""
         vocab = self.data.vocab.get(column)
+        if vocab is None and self.test is None:
+            return []
         if vocab is None:
             values = self.data._strings(self.test[column])
             vocab = values[values != "\0missing"].unique()[:MAX_CHOICES]
         return sorted(vocab, key=_natural)
+
+    def typical_row(self) -> dict:
+        """Values to start a form with when no test row is known: each field's first vocabulary value (or missing),
+        each number its training mean (the scale of the file: before log1p), the first domain."""
+        values = {}
+        for column in self.categorical:
+            choices = self.choices(column)
+            values[column] = choices[0] if choices else MISSING
+        for column in self.numeric:
+            stats = self.data.numeric_stats[column]
+            if self.spec["transform"] == "bucketize":
+                edges = np.asarray(stats[0])
+                values[column] = float(edges[len(edges) // 2]) if edges.size else 0.0
+            else:
+                values[column] = float(np.expm1(stats[0]) if self.spec["transform"] == "log" else stats[0])
+        if self.domain:
+            values[self.domain] = self.data.domain_names[0]
+        return values
 
     def row(self, index: int) -> dict:
         """Test row ``index`` as the form's raw values (a missing categorical value as ``MISSING``)."""
@@ -104,31 +124,47 @@ def model_fields(model) -> tuple[list[int], int, list[str], list[str]]:
             list(model.domains))
 
 
+def _sizes(fields) -> str:
+    cardinalities, numeric, tasks, domains = fields
+    return (f"cardinalities {cardinalities}, {numeric} numeric, tasks {', '.join(tasks)}, domains "
+            f"{', '.join(domains[:6])}{', ...' if len(domains) > 6 else ''}")
+
+
 def load_fields(model, data=None) -> Fields:
-    """The form of ``model``: ``data`` (a CTRData; default the embedded generator with its default arguments), set
-    up and checked to have the model's fields, tasks and domains, with the raw rows of its test split."""
+    """The form of ``model``, checked to have the model's fields, tasks and domains.
+
+    With ``data`` (a CTRData), that data set up, with the raw rows of its test split. Else from the encoders that
+    came with the model (``model.hub_data_state``: a hub folder's ``data.json`` or the checkpoint's data state):
+    for the embedded generator's, the generator rebuilt (its test rows too, once its encoders are checked to be
+    those); for a user's file, the encoders alone (no test rows: the form starts on typical values). A model that
+    came with none (a folder exported before ``data.json`` existed) falls back to the generator's defaults."""
     from moezoo.tasks.ctr import CTRData
 
     if not hasattr(model, "features") or not hasattr(model, "tasks"):
         raise MoezooError(f"demo: {type(model).__name__} is not a built CTRTask")
+    state = getattr(model, "hub_data_state", None)
+    want = model_fields(model)
+    if data is None and state is not None and state.get("source") != "generator":
+        data = CTRData()
+        data.load_state_dict(state)
+        have = ([*data.cardinalities], len(data.numeric_names), list(data.task_names), list(data.domain_names))
+        if have != want:
+            raise MoezooError(f"demo: the model's fields ({_sizes(want)}) are not those of its data.json "
+                              f"({_sizes(have)})")
+        return Fields(data, dict(data._spec), None)
     data = CTRData() if data is None else data
     data.setup()
     frame, test, spec, source = data._load()  # the raw rows again: the encoded splits do not keep them
     if test is None:
         test = frame.iloc[data._split(len(frame), False, source)["test"]]
     have = ([*data.cardinalities], len(data.numeric_names), list(data.task_names), list(data.domain_names))
-    want = model_fields(model)
-    if have != want:
-        def sizes(fields):
-            cardinalities, numeric, tasks, domains = fields
-            return (f"cardinalities {cardinalities}, {numeric} numeric, tasks {', '.join(tasks)}, domains "
-                    f"{', '.join(domains[:6])}{', ...' if len(domains) > 6 else ''}")
-
+    if have != want or (state is not None and state.get("vocab") != data.state_dict()["vocab"]):
         raise MoezooError(
-            f"demo: the model's fields ({sizes(want)}) are not those of {source} ({sizes(have)}): the form needs the "
-            "vocabularies of the data the model was trained on, which a hub folder or checkpoint does not carry; "
-            "this demo knows only the embedded generator's (CTRData defaults). Show weights trained on it, or score "
-            "your own file with `moezoo predict` and the run's config")
+            f"demo: the model's fields ({_sizes(want)}) are not those of {source} ({_sizes(have)})"
+            f"{'' if have != want else ', nor its vocabularies'}: "
+            "the form needs the vocabularies of the data the model was trained on; a hub folder carries them in "
+            "data.json when exported (`moezoo export`) from a checkpoint of `moezoo fit`, and `--ckpt_path` reads "
+            "them from the checkpoint")
     return Fields(data, spec, test.reset_index(drop=True))
 
 
@@ -191,11 +227,7 @@ def encode(fields: Fields, values: dict) -> tuple[dict[str, torch.Tensor], list[
         row[fields.domain] = str(domain)
     frame = pd.DataFrame({column: pd.Series([value], dtype=object if column not in fields.numeric else float)
                           for column, value in row.items()})
-    labels = {task: np.zeros(1, dtype=np.float32) for task in fields.data.task_names}
-    spec = {**fields.spec, "user": None}  # the user column only serves GAUC: not a model input
-    batch = fields.data._encode(frame, labels, spec, "form", "the form")
-    batch.pop("labels")
-    return batch, notes
+    return fields.data.encode_rows(frame), notes
 
 
 def gate_tables(model, tables: dict) -> dict[str, dict[str, list[float]]]:
@@ -282,9 +314,12 @@ def build(shown: DemoModel):
     fields = load_fields(model)
     tasks = list(model.tasks)
     columns = fields.columns
-    first = fields.row(0)
+    has_rows = fields.test is not None
+    first = fields.row(0) if has_rows else fields.typical_row()
 
     def loaded_row(index: float):
+        if not has_rows:
+            raise MoezooError("no test rows: the demo has this model's encoders (data.json), not its data")
         if index is None:
             raise MoezooError("give the index of a test row")
         index = int(index) % len(fields.test)
@@ -319,13 +354,13 @@ def build(shown: DemoModel):
         return table, gate_figure(result["gates"], domain), numbers, status
 
     what = (f"Set the feature values of one impression (the training data's columns: {len(fields.categorical)} "
-            f"categorical, {len(fields.numeric)} numeric{', the domain' if fields.domain else ''}), or load a row "
-            f"of the test split, then **Predict**: the probability of each task ({', '.join(tasks)}) and the weight "
-            "each gate gives each expert. A value outside a field's vocabulary is read as the data reads unseen "
-            "values (the reserved index 0).")
+            f"categorical, {len(fields.numeric)} numeric{', the domain' if fields.domain else ''})"
+            f"{', or load a row of the test split' if has_rows else ''}, then **Predict**: the probability of each "
+            f"task ({', '.join(tasks)}) and the weight each gate gives each expert. A value outside a field's "
+            "vocabulary is read as the data reads unseen values (the reserved index 0).")
     with gr.Blocks(title="moezoo: CTR") as app:
         gr.Markdown(header("Multi-task CTR model", shown, what))
-        loaded = gr.State({"index": 0, "values": first, "labels": fields.labels(0)})
+        loaded = gr.State({"index": 0, "values": first, "labels": fields.labels(0)} if has_rows else None)
         with gr.Row():
             with gr.Column(scale=3):
                 inputs = []
@@ -344,11 +379,13 @@ def build(shown: DemoModel):
                                                   label=fields.domain, elem_id="domain", min_width=120))
                 with gr.Row():
                     index = gr.Number(label="test row index", value=0, precision=0, elem_id="row-index",
-                                      min_width=120)
-                    pick = gr.Button("A test row", elem_id="test-row")
+                                      visible=has_rows, min_width=120)
+                    pick = gr.Button("A test row", elem_id="test-row", visible=has_rows)
                     run = gr.Button("Predict", variant="primary", elem_id="predict")
             with gr.Column(scale=2):
-                status = gr.Markdown("Test row 0 is in the form: press **Predict**.", elem_id="status")
+                status = gr.Markdown("Test row 0 is in the form: press **Predict**." if has_rows else
+                                     "Typical values are in the form (each field's first value, each number its "
+                                     "training mean): set them and press **Predict**.", elem_id="status")
                 probs = gr.Dataframe(label="probability per task", headers=["task", "probability", "test row label"],
                                      datatype=["str", "number", "str"], interactive=False, elem_id="probs")
         with gr.Row():

@@ -8,6 +8,9 @@ A folder (local, or a Hub repo in the same layout) holds:
   module, no trainer (the sizes the data decided are among its arguments, linked at parse time).
 - ``model.safetensors``: the state dict (weights load only from safetensors, never from a pickle).
 - ``README.md``: the model card (task variant, data, metrics, the command that trained it, licence).
+- ``data.json`` (optional): the data module's fitted encoders, for a family whose inputs need them (CTR's
+  vocabularies and numeric statistics): the data module's ``state_dict()``, which Lightning also saves in every
+  checkpoint; ``model.hub_data_state`` holds it after loading.
 
 ``TaskModule`` inherits huggingface_hub's ``ModelHubMixin`` with the two hooks below, so every task model has
 ``save_pretrained(dir)``, ``from_pretrained(dir_or_repo_id, revision=...)`` and ``push_to_hub`` as every Hub library's
@@ -27,6 +30,7 @@ from moezoo.errors import MoezooError
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
+DATA_NAME = "data.json"  # optional: the data module's fitted encoders (vocabularies, statistics), when it has any
 FORMAT = 1
 _LIGHTNING_KEYS = ("_class_path", "_instantiator")
 
@@ -140,6 +144,9 @@ def save_folder(model: nn.Module, directory: Path, *, task: str | None = None) -
     state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    data_state = getattr(model, "hub_data_state", None)
+    if data_state:
+        (directory / DATA_NAME).write_text(json.dumps(data_state, sort_keys=True) + "\n")
 
 
 def resolve_file(model_id: str, filename: str, *, revision: str | None = None, cache_dir=None,
@@ -175,7 +182,29 @@ def load_folder(cls: type, model_id: str, **download) -> nn.Module:
                           f"{cls.__module__}.{cls.__qualname__}")
     load_weights(model, resolve_file(model_id, WEIGHTS_NAME, **download))
     model.hub_task = config["moezoo"].get("task")
+    model.hub_data_state = read_data_state(model_id, **download)
     return model.eval()
+
+
+def read_data_state(model_id: str, **download) -> dict | None:
+    """The ``data.json`` of a folder or Hub repo (the data module's fitted encoders), or None when it has none."""
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        path = local / DATA_NAME
+        if not path.is_file():
+            return None
+    else:
+        try:
+            path = resolve_file(model_id, DATA_NAME, **download)
+        except MoezooError:  # a repo without one
+            return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MoezooError(f"{path}: not a readable data state ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or "moezoo_data" not in state:
+        raise MoezooError(f"{path}: not a moezoo data state (no 'moezoo_data' key)")
+    return state
 
 
 def load_checkpoint(ckpt_path: str | Path) -> nn.Module:
@@ -201,7 +230,10 @@ def load_checkpoint(ckpt_path: str | Path) -> nn.Module:
                           "hyper_parameters)")
     config = {"class_path": hparams["_class_path"],
               "init_args": {k: v for k, v in hparams.items() if k not in _LIGHTNING_KEYS}}
-    return fit_state(build_model(config, str(ckpt)), checkpoint["state_dict"], str(ckpt)).eval()
+    model = fit_state(build_model(config, str(ckpt)), checkpoint["state_dict"], str(ckpt)).eval()
+    # a stateful data module's state (Lightning saves it under the class's name): the fitted encoders, if any
+    model.hub_data_state = next((v for v in checkpoint.values() if isinstance(v, dict) and "moezoo_data" in v), None)
+    return model
 
 
 def checkpoint_run(ckpt_path: str | Path) -> dict:

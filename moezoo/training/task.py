@@ -47,6 +47,7 @@ class TaskModule(L.LightningModule, ModelHubMixin, library_name="moezoo", tags=[
     """
 
     hub_task: str | None = None
+    hub_data_state: dict | None = None  # the data's fitted encoders (a hub folder's data.json), if it has any
 
     monitor: str = "val/loss"
     monitor_mode: str = "min"

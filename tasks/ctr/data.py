@@ -268,6 +268,7 @@ class CTRData(SplitDataModule):
             frames["test"] = test.reset_index(drop=True)
             label_parts["test"] = {n: label_values(test, n, d, test_source) for n, d in spec["labels"].items()}
         self.task_names = list(spec["labels"])
+        self._spec = {key: value for key, value in spec.items() if key != "labels"}
         sources = {"train": source, "val": source, "test": self._test_source if test is not None else source}
         self._fit(frames["train"], spec, source)
         self.splits = {k: _Rows(self._encode(f, label_parts[k], spec, k, sources[k])) for k, f in frames.items()}
@@ -404,6 +405,55 @@ class CTRData(SplitDataModule):
                 self._users.setdefault(u, len(self._users))
             tensors["user"] = torch.tensor(users.map(self._users).to_numpy(dtype=np.int64))
         return tensors
+
+    # -- the fitted encoders, saved with the weights -----------------------------------------------------------
+    STATE_FORMAT = 1
+
+    def state_dict(self) -> dict:
+        """What was fitted on the training split (the columns, vocabularies, numeric statistics or bucket edges,
+        domains, tasks), as plain Python values: Lightning writes it into every checkpoint (a stateful data module),
+        ``moezoo export`` into the hub folder (``data.json``), so a row can be encoded later without the data."""
+        if self.splits is None:
+            return {}
+        return {
+            "moezoo_data": self.STATE_FORMAT, "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "source": "generator" if self.path is None else str(self.path), "spec": dict(self._spec),
+            "vocab": {column: dict(values) for column, values in self.vocab.items()},
+            "numeric_stats": {column: [np.asarray(v).tolist() if np.ndim(v) else float(v) for v in stats]
+                              for column, stats in self.numeric_stats.items()},
+            "hash_buckets": self.hash_buckets, "domain_names": list(self.domain_names),
+            "task_names": list(self.task_names), "categorical_names": list(self.categorical_names),
+            "numeric_names": list(self.numeric_names), "cardinalities": list(self.cardinalities),
+            "has_user": bool(self.has_user),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the fitted encoders of ``state_dict`` (a checkpoint's or a hub folder's ``data.json``): then
+        ``encode_rows`` reads raw rows as training did, with no data file. A later ``setup`` fits them again from the
+        data (Lightning calls this when a run resumes; the same data refits the same encoders)."""
+        if not isinstance(state, dict) or state.get("moezoo_data") != self.STATE_FORMAT:
+            raise MoezooError(f"data state: not a CTRData state of format {self.STATE_FORMAT} (keys: "
+                              f"{', '.join(sorted(state)[:8]) if isinstance(state, dict) else type(state).__name__})")
+        self._spec = dict(state["spec"])
+        self.vocab = {column: dict(values) for column, values in state["vocab"].items()}
+        self.numeric_stats = {column: tuple(np.asarray(v, dtype=np.float64) if isinstance(v, list) else v
+                                            for v in stats) for column, stats in state["numeric_stats"].items()}
+        self.hash_buckets = state["hash_buckets"]
+        self.domain_names, self.task_names = list(state["domain_names"]), list(state["task_names"])
+        self.categorical_names, self.numeric_names = list(state["categorical_names"]), list(state["numeric_names"])
+        self.cardinalities, self.has_user = list(state["cardinalities"]), bool(state["has_user"])
+        self._users = {}
+
+    def encode_rows(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
+        """Raw rows (the data's columns, as in its file) -> a batch as the model reads it, by the fitted encoders
+        (after ``setup`` or ``load_state_dict``); the labels are not read (zeros)."""
+        if not hasattr(self, "vocab"):
+            raise MoezooError("CTRData.encode_rows: no fitted encoders: call setup() or load_state_dict(state)")
+        labels = {task: np.zeros(len(frame), dtype=np.float32) for task in self.task_names}
+        spec = {**self._spec, "user": None}  # the user column only serves GAUC: not a model input
+        batch = self._encode(frame, labels, spec, "rows", "the rows")
+        batch.pop("labels")
+        return batch
 
     # -- what the models read -----------------------------------------------------------------------------------
     # linked to the model's arguments by the CLI (the class's ``model_links``)

@@ -196,3 +196,48 @@ def test_the_page_in_a_browser(demo, fields, serve, page, tmp_path):
     page.locator("#predict").click()
     page.locator("#status").get_by_text("Rejected: field n0 is empty").wait_for()
     page.screenshot(path=tmp_path / "ctr-rejected.png", full_page=True)
+
+
+def test_a_model_trained_on_a_users_file_brings_its_vocabularies_to_the_demo(tmp_path):
+    """`moezoo fit` on a CSV: the checkpoint holds the data's fitted encoders, `moezoo export` writes them to the
+    folder's data.json, and the demo's form is that file's columns and vocabularies, read as training read them."""
+    import json
+
+    import pandas as pd
+
+    from moezoo import hub
+    from moezoo.cli import main
+    from moezoo.tasks.ctr import CTRData
+
+    rng = np.random.default_rng(0)
+    rows = 400
+    frame = pd.DataFrame({"city": rng.choice(["paris", "lyon", "nice"], rows), "price": rng.random(rows) * 100,
+                          "country": rng.choice(["fr", "be"], rows), "clicked": rng.integers(0, 2, rows)})
+    csv = tmp_path / "clicks.csv"
+    frame.to_csv(csv, index=False)
+    spec = ["--data.path", str(csv), "--data.labels", "[clicked]", "--data.categorical", "[city]",
+            "--data.numeric", "[price]", "--data.domain", "country"]
+    main(["fit", "--task", "ctr/mmoe", *spec, "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+          "--data.batch_size", "64", "--trainer.default_root_dir", str(tmp_path / "run")])
+    ckpt = json.loads((tmp_path / "run" / "metrics.json").read_text())["best_model_path"]
+    assert hub.load_checkpoint(ckpt).hub_data_state["vocab"] == {"city": {"lyon": 1, "nice": 2, "paris": 3}}
+    folder = hub.export_checkpoint(ckpt, tmp_path / "hub")
+    assert (folder / "data.json").is_file()
+    for shown in (build_demo(weights=str(folder))[1], build_demo(ckpt_path=ckpt)[1]):
+        fields = load_fields(shown.model)
+        assert fields.columns == ["city", "price", "country"] and fields.test is None
+        assert fields.choices("city") == ["lyon", "nice", "paris"]
+        data = CTRData(path=str(csv), labels=["clicked"], categorical=["city"], numeric=["price"], domain="country")
+        data.setup()
+        test = data._split(rows, False, "t")["test"]
+        raw = frame.iloc[test[0]]
+        result = predict(shown.model, fields, {"city": raw["city"], "price": float(raw["price"]),
+                                               "country": raw["country"]})
+        expected = {k: v[:1] for k, v in data.splits["test"].tensors.items() if k != "labels"}
+        with torch.no_grad():
+            want = torch.sigmoid(shown.model(expected))[0]
+        assert result["probs"]["clicked"] == pytest.approx(float(want[0]), abs=1e-6)
+    typical = fields.typical_row()  # the form's start: no test rows to load, so each field's first value and mean
+    train_mean = frame.iloc[data._split(rows, False, "t")["train"]]["price"].mean()
+    assert typical["city"] == "lyon" and typical["country"] == "be"
+    assert typical["price"] == pytest.approx(train_mean)

@@ -339,3 +339,27 @@ def test_every_header_less_preset_checks_its_column_count(tmp_path, preset, head
 def test_the_real_adult_test_file_passes_the_label_rule_with_its_trailing_full_stops():
     data = _setup(path=str(SHARED / "adult" / "adult.data.gz"), preset="adult", batch_size=4096)
     assert len(data.splits["test"]) == 16281
+
+
+@pytest.mark.parametrize("options", [{"numeric_transform": "standard"}, {"numeric_transform": "log"},
+                                     {"numeric_transform": "bucketize", "num_buckets": 4}, {"hash_buckets": 7}])
+def test_the_fitted_encoders_round_trip_through_json_and_encode_rows_as_setup_did(tmp_path, options):
+    import json
+
+    frame = _frame(200)
+    frame.loc[3, "city"] = None
+    data = _setup(path=_write(tmp_path, frame), labels=["clicked"], categorical=["city"], numeric=["price"],
+                  domain="country", user="who", **options)
+    state = json.loads(json.dumps(data.state_dict()))  # plain values: JSON (data.json) and weights_only checkpoints
+    assert state["moezoo_data"] == 1 and state["source"].endswith("table.csv")
+    restored = CTRData()  # no file: the encoders alone
+    restored.load_state_dict(state)
+    assert restored.cardinalities == data.cardinalities and restored.domain_names == data.domain_names == ["x", "y"]
+    rows = data._split(len(frame), False, "t")["test"]
+    batch = restored.encode_rows(frame.iloc[rows].reset_index(drop=True))
+    for key in ("categorical", "numeric", "domain"):
+        torch.testing.assert_close(batch[key], data.splits["test"].tensors[key], msg=key)
+    with pytest.raises(MoezooError, match="not a CTRData state of format 1"):
+        CTRData().load_state_dict({"vocab": {}})
+    with pytest.raises(MoezooError, match="no fitted encoders"):
+        CTRData().encode_rows(frame)
