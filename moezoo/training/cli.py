@@ -36,7 +36,7 @@ class _NoAdverts(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
 def declared_links(args: list[str]) -> dict[str, str]:
-    """The ``model_links`` ({data attribute: model argument}) of the data classes that ``args`` name.
+    """The ``model_links`` ({data attribute: model argument}) of the data class that ``args`` name last.
 
     The data class is named by a ``--config`` file's ``data.class_path`` (the task's config comes first), by
     ``--data.class_path`` or by ``--data CLASS``; each is imported here, before the parser is built, so that a family
@@ -56,15 +56,17 @@ def declared_links(args: list[str]) -> dict[str, str]:
                 names.append(data["class_path"])
         elif key in ("--data.class_path", "--data") and "." in value and not value.endswith((".yaml", ".yml")):
             names.append(value)
-    links = {}
-    for name in names:
+    # the last one named is the class the run uses (a flag overrides the config before it): only its links count;
+    # merging an earlier class's would link two data attributes to one model argument, and which of the two wins
+    # is then up to jsonargparse's order of applying links (it varied between runs)
+    for name in reversed(names):
         module, _, attribute = name.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module), attribute)
         except (ImportError, AttributeError, ValueError):
             continue
-        links.update(getattr(cls, "model_links", {}))
-    return links
+        return dict(getattr(cls, "model_links", {}))
+    return {}
 
 
 # A jsonargparse parse error is a tree: "Parser key" and "Problem with given class_path" blocks (with a Union's
