@@ -3,7 +3,12 @@
 from .builder import MoEArgs
 from .experts import DenseMLP, GroupedMLP, ModuleExperts
 from .layer import MoE
-from .losses import global_batch_load_balancing_loss, router_z_loss, switch_load_balancing_loss
+from .losses import (
+    global_batch_load_balancing_loss,
+    router_entropy_loss,
+    router_z_loss,
+    switch_load_balancing_loss,
+)
 from .materialize import init_non_persistent_buffers, materialize
 from .mixture import GatedMixture
 from .precision import ExpertLayerwiseCasting, enable_expert_layerwise_casting
@@ -53,6 +58,7 @@ __all__ = [
     "materialize",
     "moe_layers",
     "normalized_mutual_information",
+    "router_entropy_loss",
     "router_z_loss",
     "routing_contrastive_loss",
     "routing_labels",

@@ -21,8 +21,9 @@ class MoEArgs:
     """An MoE FFN: ``num_experts`` MLP experts behind a router, plus ``num_shared_experts`` always-on ones.
 
     router: ``top_k`` (uses ``k`` and optional ``capacity_factor``), ``expert_choice`` (``capacity_factor``, default
-    1.0) or ``top_p`` (``p``). ``expert_hidden_ratio`` scales each routed expert's hidden width relative to the dense
-    FFN it replaces (0.5 halves it, as fine-grained and ProMoE experts do).
+    1.0) or ``top_p`` (``p``, and ``dynamic_loss_weight``: the weight of its entropy loss, None for the paper's 1e-4).
+    ``expert_hidden_ratio`` scales each routed expert's hidden width relative to the dense FFN it replaces (0.5
+    halves it, as fine-grained and ProMoE experts do).
     """
 
     num_experts: int = 8
@@ -39,6 +40,7 @@ class MoEArgs:
     balance_loss_weight: float = 0.01
     global_balance_loss_weight: float = 0.0
     z_loss_weight: float = 0.0
+    dynamic_loss_weight: float | None = None
     bias_update_rate: float = 0.0
     expert_groups: list[list[int]] | None = None
     kernel_backend: str | None = None
@@ -52,10 +54,15 @@ class MoEArgs:
             balance_loss_weight=self.balance_loss_weight, global_balance_loss_weight=self.global_balance_loss_weight,
             z_loss_weight=self.z_loss_weight, bias_update_rate=self.bias_update_rate, **self.extra_router_args,
         )
+        if self.router != "top_p" and self.dynamic_loss_weight:
+            raise ValueError(f"dynamic_loss_weight={self.dynamic_loss_weight} is the top-p router's entropy loss; "
+                             f"router {self.router!r} has none (set router: top_p, or leave it unset)")
         if self.router == "top_k":
             return TopKRouter(dim, self.num_experts, self.k, capacity_factor=self.capacity_factor, **common)
         if self.router == "expert_choice":
             return ExpertChoiceRouter(dim, self.num_experts, self.capacity_factor or 1.0, **common)
+        if self.dynamic_loss_weight is not None:
+            common["dynamic_loss_weight"] = self.dynamic_loss_weight
         return TopPRouter(dim, self.num_experts, self.p, **common)
 
     def build(self, dim: int, hidden: int, router_dim: int | None = None, *, device=None, dtype=None) -> MoE:

@@ -20,8 +20,15 @@ import torch.nn.functional as F
 
 from moezoo.kernels.ops import autocast_enabled
 
-from .losses import all_reduce_counts, global_batch_load_balancing_loss, router_z_loss, switch_load_balancing_loss
+from .losses import (
+    all_reduce_counts,
+    global_batch_load_balancing_loss,
+    router_entropy_loss,
+    router_z_loss,
+    switch_load_balancing_loss,
+)
 from .precision import router_precision
+from .record import in_backward
 from .routing import Routing
 
 
@@ -34,10 +41,19 @@ class Router(nn.Module):
         score: ``softmax`` (probabilities over experts) or ``sigmoid`` (independent scores, as in DeepSeek-V3).
         expert_groups: for grouped routing, ``expert_groups[g]`` lists the experts tokens of group g may use. With a
             single group the mask is static (every token may use only those experts) and ``group`` may be omitted.
-        num_null_experts: extra slots that produce no output (AdaMoE), so a token may use fewer experts.
-        balance_loss_weight: weight of the Switch load-balancing loss (computed on the micro-batch).
+        num_null_experts: extra slots that produce no output (AdaMoE), so a token may use fewer experts. Where a
+            router renormalises its chosen weights, it does so over the chosen *true* experts only (AdaMoE's
+            official code, github.com/CengZihao/AdaMoE ``exp_2/LLaMA_Factory/src/llamafactory/model/
+            adaptive_moe_utils.py``, ``CustomMixtralSparseMoeBlock.forward``: the top-k weights masked to the true
+            experts, divided by their sum), and the balancing losses count the null experts as one group.
+        normalize_over_null: renormalise over every chosen slot, null ones included, instead: the null experts then
+            take a share of the gate mass (a token's output shrinks by it) and a token that chose one true expert
+            keeps a weight below 1, so the router still gets a gradient through it.
+        balance_loss_weight: weight of the Switch load-balancing loss (computed on the micro-batch, from the
+            router's choices before capacity drops any).
         global_balance_loss_weight: weight of the global-batch balancing loss (counts summed over data-parallel
-            ranks and micro-batches until the next optimizer step).
+            ranks and micro-batches until the next optimizer step; a recomputation under activation checkpointing
+            does not count again).
         z_loss_weight: weight of the router z-loss.
         bias_update_rate: u > 0 turns on auxiliary-loss-free balancing (Wang et al. 2024): a per-expert bias b is
             added to the scores for *selection only*, and after each optimizer step b_i += u * sign(mean load - load_i).
@@ -52,6 +68,7 @@ class Router(nn.Module):
         score: str = "softmax",
         expert_groups: Sequence[Sequence[int]] | None = None,
         num_null_experts: int = 0,
+        normalize_over_null: bool = False,
         balance_loss_weight: float = 0.0,
         global_balance_loss_weight: float = 0.0,
         z_loss_weight: float = 0.0,
@@ -64,6 +81,7 @@ class Router(nn.Module):
         self.num_experts = num_experts
         self.num_slots = num_experts + num_null_experts
         self.score = score
+        self.normalize_over_null = normalize_over_null
         self.balance_loss_weight = balance_loss_weight
         self.global_balance_loss_weight = global_balance_loss_weight
         self.z_loss_weight = z_loss_weight
@@ -103,13 +121,32 @@ class Router(nn.Module):
 
     soft = False  # a dense mixture (SoftRouter): load is gate mass
 
+    @property
+    def num_null_experts(self) -> int:
+        return self.num_slots - self.num_experts
+
     # -- what subclasses implement -------------------------------------------------------------------------------
     def select(self, probs: torch.Tensor, scores: torch.Tensor):
-        """Return (token_index, expert_index, weight, dropped or None) over slots, from probs [T, S].
+        """Return (token_index, expert_index, weight, dropped or None) over slots, from probs [T, S]: the router's
+        choice, before any capacity (``within_capacity``).
 
         ``scores`` are the probs plus the balancing bias: use them to choose, and ``probs`` for the weights.
         """
         raise NotImplementedError
+
+    def within_capacity(self, token_index: torch.Tensor, slot_index: torch.Tensor,
+                        scores: torch.Tensor) -> torch.Tensor | None:
+        """Which of the chosen assignments the experts' capacity keeps ([A] bool), or None where nothing is dropped.
+        Runs after the aux losses have counted the choice."""
+        return None
+
+    def renormalize(self, weight: torch.Tensor, slot_index: torch.Tensor) -> torch.Tensor:
+        """Chosen weights [T, n] divided by each row's sum over its chosen true experts (over every chosen slot with
+        ``normalize_over_null``); ``slot_index`` [T, n] names the slot of each weight (a weight of 0 is unchosen)."""
+        mass = weight
+        if self.num_null_experts and not self.normalize_over_null:
+            mass = weight * (slot_index < self.num_experts)
+        return weight / mass.sum(-1, keepdim=True).clamp_min(1e-9)
 
     # -- shared machinery ----------------------------------------------------------------------------------------
     def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +179,13 @@ class Router(nn.Module):
             ok = allowed[token_index, slot_index]
             token_index, slot_index, weight = token_index[ok], slot_index[ok], weight[ok]
 
+        # balancing counts the router's choice, before capacity drops assignments (GShard, Switch)
         aux_losses = self._aux_losses(logits, probs, slot_index) if self.training else {}
+        keep = self.within_capacity(token_index, slot_index, scores)
+        if keep is not None:
+            dropped = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            dropped[token_index[~keep]] = True
+            token_index, slot_index, weight = token_index[keep], slot_index[keep], weight[keep]
         if self.num_slots > self.num_experts:  # null experts produce no assignment
             # a boolean mask: its length depends on the data (under torch.compile, a dynamic shape), so only here
             real = slot_index < self.num_experts
@@ -161,19 +204,29 @@ class Router(nn.Module):
             soft=self.soft,
         )
 
+    def distribution(self, probs: torch.Tensor) -> torch.Tensor:
+        """The router distribution over slots that the aux losses see: the softmax, or the sigmoid scores
+        normalised to sum to 1."""
+        return probs if self.score == "softmax" else probs / probs.sum(-1, keepdim=True).clamp_min(1e-9)
+
     def _aux_losses(self, logits, probs, slot_index) -> dict[str, torch.Tensor]:
+        """The weighted aux losses of a training forward, from the chosen slots (before capacity); also counts
+        them into ``step_counts`` and ``global_counts``, except in a recomputation during backward (activation
+        checkpointing), which would count the same forward twice."""
         losses = {}
-        balance_probs = probs if self.score == "softmax" else probs / probs.sum(-1, keepdim=True).clamp_min(1e-9)
+        balance_probs = self.distribution(probs)
         counts = torch.bincount(slot_index, minlength=self.num_slots).to(self.step_counts.dtype)
-        with torch.no_grad():
-            self.step_counts += counts
-        if self.balance_loss_weight > 0:
-            losses["balance"] = self.balance_loss_weight * switch_load_balancing_loss(balance_probs, slot_index)
-        if self.global_balance_loss_weight > 0:
+        if not in_backward():
             with torch.no_grad():
-                self.global_counts += all_reduce_counts(counts)
+                self.step_counts += counts
+                if self.global_balance_loss_weight > 0:
+                    self.global_counts += all_reduce_counts(counts)
+        if self.balance_loss_weight > 0:
+            losses["balance"] = self.balance_loss_weight * switch_load_balancing_loss(
+                balance_probs, slot_index, self.num_null_experts)
+        if self.global_balance_loss_weight > 0:
             losses["global_balance"] = self.global_balance_loss_weight * global_batch_load_balancing_loss(
-                balance_probs, self.global_counts
+                balance_probs, self.global_counts, self.num_null_experts
             )
         if self.z_loss_weight > 0:
             losses["z"] = self.z_loss_weight * router_z_loss(logits)
@@ -200,9 +253,11 @@ class TopKRouter(Router):
 
     weight_{t,e} = p_{t,e} for e in TopK(s_t, k), renormalised over the k when ``normalize`` (Mixtral, DeepSeek; the
     default for k > 1; for k = 1 renormalising would make every weight 1 and cut the router's gradient, so Switch's
-    raw p is the default there).
+    raw p is the default there). With null experts the renormalisation is over the chosen true experts
+    (``Router.renormalize``).
     Dropless by default; with ``capacity_factor`` c each expert keeps at most C = ceil(c * T * k / E) assignments,
-    its highest-scoring ones, and the rest are dropped (the token then passes through the residual only).
+    its highest-scoring ones, and the rest are dropped (the token then passes through the residual only). The
+    balancing losses count the top-k choice before the drop.
     """
 
     def __init__(self, dim: int, num_experts: int, k: int = 2, *, capacity_factor: float | None = None,
@@ -221,16 +276,16 @@ class TopKRouter(Router):
         top_index = scores.topk(self.k, dim=-1).indices
         top_weight = probs.gather(1, top_index)
         if self.normalize:
-            top_weight = top_weight / top_weight.sum(-1, keepdim=True).clamp_min(1e-9)
+            top_weight = self.renormalize(top_weight, top_index)
         token_index, slot_index, weight = _flat_assignments(top_index, top_weight)
-        if self.capacity_factor is None:
-            return token_index, slot_index, weight, None
-        keep = self._within_capacity(slot_index, scores.gather(1, top_index).reshape(-1), probs.shape[0])
-        dropped = torch.zeros(probs.shape[0], dtype=torch.bool, device=probs.device)
-        dropped[token_index[~keep]] = True
-        return token_index[keep], slot_index[keep], weight[keep], dropped
+        return token_index, slot_index, weight, None
 
-    def _within_capacity(self, slot_index, score, num_tokens) -> torch.Tensor:
+    def within_capacity(self, token_index, slot_index, scores):
+        if self.capacity_factor is None:
+            return None
+        return self._highest_within_capacity(slot_index, scores[token_index, slot_index], scores.shape[0])
+
+    def _highest_within_capacity(self, slot_index, score, num_tokens) -> torch.Tensor:
         by_score = torch.argsort(score, descending=True, stable=True)
         order = by_score[torch.argsort(slot_index[by_score], stable=True)]
         counts = torch.bincount(slot_index, minlength=self.num_slots)
@@ -282,16 +337,24 @@ class TopPRouter(Router):
     Each token takes the smallest set of experts, in decreasing probability, whose probability mass reaches p:
     expert j (the r-th most probable) is used iff sum of the r-1 higher probabilities < p. Weights are the
     probabilities themselves (renormalised over the set when ``normalize``); ``max_k`` caps the set size.
+
+    In training it adds the paper's dynamic loss (sec. 3.2), ``dynamic_entropy`` = w * mean_t -sum_i P_{t,i} log
+    P_{t,i} (``moezoo.moe.losses.router_entropy_loss``), w = ``dynamic_loss_weight``, the paper's 1e-4 by default:
+    without it the router can flatten its distribution until every token needs (nearly) every expert to reach p.
+    The official code (github.com/ZhenweiAn/Dynamic_MoE ``modeling/modeling_moe.py``, ``SwitchMLP.forward`` and
+    ``top_p_sampling_batched_all_sequence``) is inference-only: it gives the selection and raw-probability weights
+    above, not the training losses, so the loss follows the paper.
     """
 
     def __init__(self, dim: int, num_experts: int, p: float = 0.4, *, max_k: int | None = None,
-                 normalize: bool = False, **kwargs):
+                 normalize: bool = False, dynamic_loss_weight: float = 1e-4, **kwargs):
         super().__init__(dim, num_experts, **kwargs)
         if not 0.0 < p <= 1.0:
             raise ValueError(f"top-p router: p={p} must be in (0, 1]")
         self.p = p
         self.max_k = max_k
         self.normalize = normalize
+        self.dynamic_loss_weight = dynamic_loss_weight
 
     def select(self, probs, scores):
         sorted_scores, order = scores.sort(dim=-1, descending=True)
@@ -302,9 +365,15 @@ class TopPRouter(Router):
             chosen[:, self.max_k :] = False
         weight_table = sorted_probs * chosen
         if self.normalize:
-            weight_table = weight_table / weight_table.sum(-1, keepdim=True).clamp_min(1e-9)
+            weight_table = self.renormalize(weight_table, order)
         token_index, rank = chosen.nonzero(as_tuple=True)
         return token_index, order[token_index, rank], weight_table[token_index, rank], None
+
+    def _aux_losses(self, logits, probs, slot_index):
+        losses = super()._aux_losses(logits, probs, slot_index)
+        if self.dynamic_loss_weight > 0:
+            losses["dynamic_entropy"] = self.dynamic_loss_weight * router_entropy_loss(self.distribution(probs))
+        return losses
 
 
 class SoftRouter(Router):

@@ -140,6 +140,21 @@ def test_activation_checkpointing_recomputation_adds_nothing_and_keeps_the_gradi
     assert torch.allclose(moe.router.gate.weight.grad, grad_plain, atol=1e-6)
 
 
+def test_activation_checkpointing_counts_global_batch_balancing_once():
+    moe = MoEArgs(num_experts=4, k=2, balance_loss_weight=0.0, global_balance_loss_weight=0.1).build(6, 12).train()
+    x = torch.randn(10, 6, requires_grad=True)
+    plain = moe(x)
+    (plain.sum() + aux_loss(moe)).backward()
+    counts = moe.router.global_counts.clone(), moe.router.step_counts.clone()
+    assert counts[0].sum() == 20
+    moe.router.after_optimizer_step()
+
+    out = checkpoint(moe, x, use_reentrant=False)
+    (out.sum() + aux_loss(moe)).backward()  # the backward recomputes the layer's forward
+    assert torch.equal(moe.router.global_counts, counts[0]), "the recomputation did not count again"
+    assert torch.equal(moe.router.step_counts, counts[1])
+
+
 def test_eval_forward_records_no_loss_but_keeps_statistics():
     moe = _moe().eval()
     moe(torch.randn(10, 6))

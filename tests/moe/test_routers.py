@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from moezoo.moe import ExpertChoiceRouter, TopKRouter, TopPRouter
+from moezoo.moe import ExpertChoiceRouter, MoEArgs, TopKRouter, TopPRouter
 
 
 def _x(t=12, d=6, seed=0):
@@ -134,6 +134,96 @@ def test_null_experts_produce_no_assignment():
     assert routing.probs.shape == (20, 3)
     assert not set(routing.token_index.tolist()) & set(range(10)), "first half went to null experts only"
     assert routing.tokens_per_expert().sum() == 20, "second half keeps both real choices"
+
+
+def _identity_gate(router):
+    """The router's logits are its input: tokens are written as hand-made logits."""
+    with torch.no_grad():
+        router.gate.weight.copy_(torch.eye(router.num_slots, router.gate.in_features))
+    return router
+
+
+def _logits(rows):
+    return torch.tensor(rows, dtype=torch.float).log()  # rows of unnormalised probabilities
+
+
+# hand-made tokens over 2 true experts (slots 0, 1) and 2 null experts (slots 2, 3); top-2 picks
+NULL_TOKENS = [[3.0, 1.0, 2.0, 0.5],  # expert 0 and null slot 2
+               [2.0, 1.0, 0.5, 0.25],  # experts 0 and 1
+               [0.5, 1.0, 3.0, 2.0]]  # null slots 2 and 3: no assignment
+
+
+def test_null_experts_renormalise_over_the_chosen_true_experts_only():
+    router = _identity_gate(TopKRouter(4, 2, k=2, num_null_experts=2))
+    got = _assignments(router(_logits(NULL_TOKENS)))
+    assert got.keys() == {(0, 0), (1, 0), (1, 1)}
+    assert got[(0, 0)] == pytest.approx(1.0), "one true expert chosen: it takes the whole weight (AdaMoE)"
+    assert got[(1, 0)] == pytest.approx(2 / 3) and got[(1, 1)] == pytest.approx(1 / 3)
+
+    shared = _identity_gate(TopKRouter(4, 2, k=2, num_null_experts=2, normalize_over_null=True))
+    got = _assignments(shared(_logits(NULL_TOKENS)))
+    assert got[(0, 0)] == pytest.approx(3 / 5), "with normalize_over_null the null slot keeps its share"
+    assert got[(1, 0)] == pytest.approx(2 / 3)
+
+
+def test_top_p_with_null_experts_renormalises_over_the_chosen_true_experts_only():
+    router = _identity_gate(TopPRouter(4, 2, p=0.7, num_null_experts=2, normalize=True))
+    got = _assignments(router(_logits([[3.0, 1.0, 2.0, 0.5]])))  # mass 3/6.5, then + 2/6.5 reaches 0.7
+    assert got == {(0, 0): pytest.approx(1.0)}
+
+
+def test_null_experts_count_as_one_group_in_the_balance_losses():
+    router = _identity_gate(TopKRouter(4, 2, k=2, num_null_experts=2, balance_loss_weight=1.0,
+                                       global_balance_loss_weight=1.0)).train()
+    routing = router(_logits(NULL_TOKENS))
+    # choices (slots): {0, 2}, {0, 1}, {2, 3}: counts [2, 1, 2, 1] of 6; the null slots share (2 + 1) / 2 each
+    f = [2 / 6, 1 / 6, 1.5 / 6, 1.5 / 6]
+    P = [sum(row[j] / sum(row) for row in NULL_TOKENS) / 3 for j in range(4)]
+    expected = 4 * sum(fi * Pi for fi, Pi in zip(f, P))
+    assert routing.aux_losses["balance"].item() == pytest.approx(expected, rel=1e-5)
+    assert routing.aux_losses["global_balance"].item() == pytest.approx(expected, rel=1e-5)
+    per_slot = 4 * sum(fi * Pi for fi, Pi in zip([2 / 6, 1 / 6, 2 / 6, 1 / 6], P))
+    assert abs(expected - per_slot) > 1e-3, "the example tells the two rules apart"
+
+
+def test_top_k_balance_loss_counts_the_top_k_choice_before_capacity_drops():
+    router = _identity_gate(TopKRouter(2, 2, k=1, capacity_factor=0.5, balance_loss_weight=1.0,
+                                       global_balance_loss_weight=1.0)).train()
+    logits = torch.tensor([[2.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
+    routing = router(logits)
+    assert router.capacity(4) == 1
+    assert routing.dropped.tolist() == [True, True, False, False], "expert 0 keeps only its best token"
+    assert sorted(zip(routing.token_index.tolist(), routing.expert_index.tolist())) == [(2, 0), (3, 1)]
+    P = torch.softmax(logits, -1).mean(0)
+    f = torch.tensor([3 / 4, 1 / 4])  # the top-1 choice: three tokens chose expert 0, before the drop
+    expected = 2 * (f * P).sum().item()
+    assert routing.aux_losses["balance"].item() == pytest.approx(expected, rel=1e-6)
+    assert routing.aux_losses["global_balance"].item() == pytest.approx(expected, rel=1e-6)
+    after_drop = 2 * (torch.tensor([1 / 2, 1 / 2]) * P).sum().item()
+    assert abs(expected - after_drop) > 1e-2
+    assert router.step_counts.tolist() == [3, 1] and router.global_counts.tolist() == [3, 1]
+
+
+def test_top_p_dynamic_loss_is_the_weighted_mean_token_entropy_and_reaches_the_router():
+    router = _identity_gate(TopPRouter(3, 3, p=0.5)).train()
+    assert router.dynamic_loss_weight == 1e-4, "the paper's weight by default"
+    routing = router(_logits([[2.0, 1.0, 1.0], [1.0, 1.0, 1.0]]))  # probs [1/2, 1/4, 1/4] and uniform
+    entropy = [0.5 * math.log(2) + 0.5 * math.log(4), math.log(3)]
+    loss = routing.aux_losses["dynamic_entropy"]
+    assert loss.item() == pytest.approx(1e-4 * sum(entropy) / 2, rel=1e-5)
+    loss.backward()
+    assert router.gate.weight.grad.abs().sum() > 0
+    assert "dynamic_entropy" not in router.eval()(_logits([[2.0, 1.0, 1.0]])).aux_losses
+
+
+def test_top_p_dynamic_loss_weight_is_set_through_moe_args():
+    assert MoEArgs(router="top_p").build_router(4).dynamic_loss_weight == 1e-4
+    router = MoEArgs(router="top_p", dynamic_loss_weight=0.5).build_router(4)
+    assert router.dynamic_loss_weight == 0.5
+    assert "dynamic_entropy" not in MoEArgs(router="top_p", dynamic_loss_weight=0.0).build_router(4).train()(
+        torch.randn(5, 4)).aux_losses
+    with pytest.raises(ValueError, match="dynamic_loss_weight=0.5 is the top-p router's"):
+        MoEArgs(router="top_k", dynamic_loss_weight=0.5).build_router(4)
 
 
 def test_grouped_routing_restricts_each_token_to_its_groups_experts():
