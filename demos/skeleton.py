@@ -9,9 +9,11 @@ every other output cleared: the user sees why, never a stack trace, and the term
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch.nn as nn
 
@@ -36,8 +38,40 @@ def registered_weights_for(task: str) -> str | None:
     return next((name for name, entry in list_weights().items() if entry.task == task), None)
 
 
+def demo_runs() -> Path:
+    """Where the demo keeps the runs it trains itself: ``$MOEZOO_CACHE/demo-runs`` (default ~/.cache/moezoo)."""
+    return Path(os.environ.get("MOEZOO_CACHE", Path.home() / ".cache" / "moezoo")) / "demo-runs"
+
+
+def train_embedded_default(task: str) -> tuple[nn.Module, str]:
+    """The model of ``moezoo fit --task TASK`` on its embedded data (its registered config), trained once into
+    ``demo_runs()/<task>`` and reused from there: the best checkpoint of that run."""
+    from moezoo import hub
+    from moezoo.cli import main
+
+    run = demo_runs() / task.replace("/", "-")
+    record = run / "metrics.json"
+
+    def best() -> Path | None:
+        try:
+            path = json.loads(record.read_text()).get("best_model_path")
+        except (OSError, json.JSONDecodeError):
+            return None
+        return Path(path) if path and Path(path).is_file() else None
+
+    if best() is None:
+        print(f"moezoo demo: no registered weights of {task}: training its embedded default once (moezoo fit --task "
+              f"{task}, the registered config) into {run}; later demos reuse it", flush=True)
+        main(["fit", "--task", task, "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false",
+              "--trainer.enable_model_summary", "false"])
+        if best() is None:
+            raise MoezooError(f"demo: training {task} into {run} left no best checkpoint")
+    return hub.load_checkpoint(best()), f"its embedded default, trained by `moezoo fit --task {task}` ({run})"
+
+
 def load_demo_model(task: str | None = None, weights: str | None = None, ckpt_path: str | None = None) -> DemoModel:
-    """The model of ``--weights NAME|DIR``, of ``--ckpt_path``, or else the registered weights of ``--task``.
+    """The model of ``--weights NAME|DIR``, of ``--ckpt_path``, or else the registered weights of ``--task``, or
+    else (none registered) its embedded default trained once (``train_embedded_default``).
 
     Weights or a checkpoint of another task than ``task`` are refused by name."""
     from moezoo import hub
@@ -58,8 +92,8 @@ def load_demo_model(task: str | None = None, weights: str | None = None, ckpt_pa
                 raise MoezooError("demo: give --task NAME (see `moezoo tasks`), --weights NAME or --ckpt_path")
             weights = registered_weights_for(task)
             if weights is None:
-                raise MoezooError(f"demo: no registered weights of --task {task} (see `moezoo weights`); train some "
-                                  f"with `moezoo fit --task {task}` and give --ckpt_path, or give --weights DIR")
+                model, source = train_embedded_default(task)
+                return DemoModel(model.eval(), task, source)
         if os.path.isdir(os.path.expanduser(weights)):
             model, source = hub.load_folder(TaskModule, os.path.expanduser(weights)), f"hub folder {weights}"
         else:

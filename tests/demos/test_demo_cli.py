@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -24,7 +25,6 @@ def _error(capsys, *argv) -> str:
 
 
 @pytest.mark.parametrize("argv, reason", [
-    (["--task", "graph/gcn"], r"no registered weights of --task graph/gcn .*moezoo fit --task graph/gcn"),
     (["--task", "image-classification", "--weights", "mowst-gcn-cora"],
      r"weights mowst-gcn-cora holds a model of graph/mowst-gcn, not of --task image-classification"),
     (["--task", "image-clasification"], r"unknown task 'image-clasification'. Did you mean 'image-classification'"),
@@ -36,6 +36,25 @@ def _error(capsys, *argv) -> str:
 ])
 def test_a_wrong_demo_command_is_one_line_naming_what_is_wrong(capsys, argv, reason):
     assert re.search(reason, _error(capsys, *argv))
+
+
+def test_a_task_without_registered_weights_trains_its_embedded_default_once(tmp_path, monkeypatch, capsys,
+                                                                           one_thread):
+    import torch
+
+    from moezoo.demos import load_demo_model
+    from moezoo.tasks.graph import NodeClassifier
+
+    monkeypatch.setenv("MOEZOO_CACHE", str(tmp_path))
+    first = load_demo_model("graph/gcn")
+    assert "no registered weights of graph/gcn: training its embedded default once" in capsys.readouterr().out
+    run = tmp_path / "demo-runs" / "graph-gcn"
+    assert isinstance(first.model, NodeClassifier) and first.task == "graph/gcn" and str(run) in first.source
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["task"] == "graph/gcn" and record["test/acc"] > 0.7  # GCN on Cora's public split: about 0.81
+    again = load_demo_model("graph/gcn")  # reused: nothing trains, the same weights
+    assert "training" not in capsys.readouterr().out
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
 
 
 def _free_port() -> int:
