@@ -15,14 +15,17 @@ Routing Guidance"; facts from the official code, github ali-vilab/ProMoE).
   (each prototype pulled to the mean of its own tokens and pushed from the other experts' means; the gradient reaches
   the prototypes and the tokens). No load-balancing loss.
 - Expert-choice form (``choice="expert"``): instead of each conditional token taking its top-k prototypes, each
-  routed expert takes its top C = ceil(S * c / R) conditional tokens of every sample by cosine similarity (S tokens
-  per sample, capacity factor c), with the same gate. A token may get any number of experts; c = 1 keeps the active
-  compute of top-1.
+  routed expert takes its top C = max(1, min(S, floor(S * c / R))) conditional tokens of every sample by cosine
+  similarity (S tokens per sample, capacity factor c), with the same gate. A token may get any number of experts;
+  c = 1 keeps the active compute of top-1. Its contrastive loss is per sample: m_{b,e} is the mean of the tokens of
+  sample b that expert e took, and each (b, e) row is CE([cos(p_e, m_{b,j}) / tau]_j, target e), averaged over the
+  rows (official ``models/models_ProMoE_EC.py``: ``SparseMoeBlock.compute_router`` takes
+  ``k = max(1, min(int((S / E) * top_k), S))``; ``compute_routing_contrastive_loss`` pools ``expert_inputs`` per
+  image into [B, E, D] means and takes the cross-entropy over the B x E rows).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -34,21 +37,28 @@ from .routing import Routing
 
 
 def routing_contrastive_loss(prototypes: torch.Tensor, tokens: torch.Tensor, expert_index: torch.Tensor,
-                             temperature: float = 0.07) -> torch.Tensor:
+                             temperature: float = 0.07, sample_index: torch.Tensor | None = None,
+                             num_samples: int = 1) -> torch.Tensor:
     """L above, for tokens [A, d] assigned to ``expert_index`` [A] among R prototypes [R, d]; 0 if no expert has any.
 
-    Experts without tokens take no part (no row, no column): computed on all R with them masked, so that every shape
-    is static and ``torch.compile(fullgraph=True)`` traces it.
+    With ``sample_index`` [A] (ids < ``num_samples``) the means are per sample and each sample's prototypes are
+    contrasted with that sample's means only (the expert-choice form), the rows of all samples averaged. Experts
+    without tokens (in a sample) take no part (no row, no column): computed on all R with them masked, so that every
+    shape is static and ``torch.compile(fullgraph=True)`` traces it.
     """
     num_experts = prototypes.shape[0]
-    counts = torch.bincount(expert_index, minlength=num_experts)
-    sums = tokens.new_zeros(num_experts, tokens.shape[-1]).index_add(0, expert_index, tokens)
-    used = counts > 0
-    means = sums / counts.clamp(min=1)[:, None].to(tokens.dtype)
-    logits = F.normalize(prototypes, dim=-1) @ F.normalize(means, dim=-1).t() / temperature
-    logits = logits.masked_fill(~used[None, :], torch.finfo(logits.dtype).min)  # an unused mean is no candidate
+    if sample_index is None:
+        sample_index, num_samples = torch.zeros_like(expert_index), 1
+    cell = sample_index * num_experts + expert_index  # (sample, expert) -> one mean each
+    counts = torch.bincount(cell, minlength=num_samples * num_experts).view(num_samples, num_experts)
+    sums = tokens.new_zeros(num_samples * num_experts, tokens.shape[-1]).index_add(0, cell, tokens)
+    used = counts > 0  # [B, R]
+    means = (sums / counts.reshape(-1).clamp(min=1)[:, None].to(tokens.dtype)).view(num_samples, num_experts, -1)
+    logits = torch.einsum("id,bjd->bij", F.normalize(prototypes, dim=-1), F.normalize(means, dim=-1)) / temperature
+    logits = logits.masked_fill(~used[:, None, :], torch.finfo(logits.dtype).min)  # an unused mean is no candidate
     target = torch.where(used, torch.arange(num_experts, device=logits.device), -100)  # nor an unused prototype
-    per_row = F.cross_entropy(logits, target, ignore_index=-100, reduction="none")
+    per_row = F.cross_entropy(logits.reshape(-1, num_experts), target.reshape(-1), ignore_index=-100,
+                              reduction="none")
     return per_row.sum() / used.sum().clamp(min=1).to(per_row.dtype)
 
 
@@ -101,7 +111,7 @@ class PrototypeRouter(nn.Module):
             raise ValueError(f"prototype expert choice: {num_tokens} tokens are not whole samples of "
                              f"tokens_per_sample={per_sample}")
         samples = num_tokens // per_sample
-        capacity = min(per_sample, math.ceil(per_sample * self.capacity_factor / self.num_routed))
+        capacity = max(1, min(per_sample, int(per_sample * self.capacity_factor / self.num_routed)))
         masked = similarity.masked_fill(unconditional[:, None], float("-inf"))
         top = masked.view(samples, per_sample, self.num_routed).transpose(1, 2).topk(capacity, dim=-1)  # [B, R, C]
         token_index = top.indices + (torch.arange(samples, device=similarity.device) * per_sample)[:, None, None]
@@ -130,10 +140,14 @@ class PrototypeRouter(nn.Module):
             scores = torch.sigmoid(similarity)
         else:
             scores = similarity
+        per_sample = {}
         if self.choice == "expert":
             token_index, expert_index = self._expert_choice(similarity, unconditional)
             weight = scores[token_index, expert_index]
-            members = (token_index, expert_index)  # every assignment counts towards its expert's mean
+            members = (token_index, expert_index)  # every assignment counts towards its expert's mean in its sample
+            tokens_per_sample = self.tokens_per_sample or num_tokens
+            per_sample = {"sample_index": token_index // tokens_per_sample,
+                          "num_samples": num_tokens // tokens_per_sample}
         else:
             routed = (~unconditional).nonzero().squeeze(1)
             top = similarity[routed].topk(self.k, dim=-1).indices  # [T_c, k]
@@ -155,7 +169,7 @@ class PrototypeRouter(nn.Module):
         aux = {}
         if self.training and self.contrastive_loss_weight > 0:
             aux["routing_contrastive"] = self.contrastive_loss_weight * routing_contrastive_loss(
-                prototypes, x[members[0]], members[1], self.temperature)
+                prototypes, x[members[0]], members[1], self.temperature, **per_sample)
         return Routing(token_index=token_index, expert_index=expert_index, weight=weight,
                        num_tokens=num_tokens, num_experts=self.num_experts, probs=probs, logits=logits,
                        aux_losses=aux)

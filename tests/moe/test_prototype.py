@@ -68,7 +68,7 @@ def test_expert_choice_form_gives_each_expert_its_top_c_conditional_tokens_of_ev
     condition = torch.tensor([False, True, False])  # sample 1 was label-dropped
     routing = router(x, condition=condition)
     cos = F.cosine_similarity(x[:, None], router.prototypes[None], dim=-1)
-    capacity = 2  # ceil(8 * 1.0 / 4)
+    capacity = 2  # int(8 * 1.0 / 4)
     for sample in (0, 2):
         rows = slice(8 * sample, 8 * sample + 8)
         for e in range(4):
@@ -93,3 +93,34 @@ def test_expert_choice_form_pulls_prototypes_to_the_tokens_they_chose():
     assert layer.router.prototypes.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="not whole samples of tokens_per_sample=5"):
         PrototypeRouter(8, num_routed=3, choice="expert", tokens_per_sample=5)(torch.randn(12, 8))
+
+
+@pytest.mark.parametrize("tokens, factor, capacity",
+                         [(8, 1.0, 2), (10, 1.0, 2), (6, 1.0, 1), (3, 1.0, 1), (10, 2.0, 5)])
+def test_expert_choice_capacity_is_the_official_floor_of_s_c_over_e_at_least_one(tokens, factor, capacity):
+    """k = max(1, min(int(S / E * top_k), S)) (ProMoE's models_ProMoE_EC.py): 10 tokens, 4 experts -> 2, not 3."""
+    router = PrototypeRouter(8, num_routed=4, choice="expert", capacity_factor=factor, tokens_per_sample=tokens)
+    routing = router(torch.randn(2 * tokens, 8))
+    assert torch.equal(torch.bincount(routing.expert_index, minlength=4), torch.full((4,), 2 * capacity))
+
+
+def test_expert_choice_contrastive_loss_contrasts_each_samples_own_expert_means():
+    """Per sample b and prototype e: CE over that sample's means m_{b,j} (official compute_routing_contrastive_loss
+    on [B, E, D] means), averaged over the B x E rows; not the means pooled over the batch."""
+    torch.manual_seed(0)
+    router = PrototypeRouter(8, num_routed=3, choice="expert", tokens_per_sample=6).train()
+    x = torch.randn(12, 8)
+    routing = router(x)
+    prototypes = F.normalize(router.prototypes, dim=-1)
+    rows = []
+    for b in range(2):
+        means = []
+        for e in range(3):
+            mine = routing.token_index[(routing.expert_index == e) & (routing.token_index // 6 == b)]
+            means.append(x[mine].mean(0))
+        logits = prototypes @ F.normalize(torch.stack(means), dim=-1).t() / 0.07
+        rows.append(F.cross_entropy(logits, torch.arange(3), reduction="none"))
+    expected = torch.cat(rows).mean()
+    torch.testing.assert_close(routing.aux_losses["routing_contrastive"], expected)
+    pooled = routing_contrastive_loss(router.prototypes, x[routing.token_index], routing.expert_index)
+    assert not torch.allclose(pooled, expected), "the batch-pooled form differs"
