@@ -169,6 +169,9 @@ def csr(value, path: Path) -> np.ndarray:
                           f"(got {indices.dtype} and {indptr.dtype})")
     if rows * cols > MAX_DENSE:
         raise MoezooError(f"{path}: features of shape {list(shape)} would take over 1 GiB held densely")
+    # signed, so that a decreasing indptr is caught (the diff of unsigned entries wraps round to a huge row length,
+    # which np.repeat would then try to allocate: found by the slow fuzz run, 32 GiB for a damaged Cora file)
+    indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
     if len(indptr) != rows + 1 or indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != len(indices) \
             or len(indices) != len(data):
         raise MoezooError(f"{path}: the csr_matrix's indptr ({len(indptr)} entries, {rows} rows) does not fit its "
@@ -180,7 +183,7 @@ def csr(value, path: Path) -> np.ndarray:
     row_of = np.repeat(np.arange(rows), np.diff(indptr))
     if state.get("_cs_matrix__has_sorted_indices", state.get("_has_sorted_indices")) is True and len(indices) > 1:
         same_row = row_of[1:] == row_of[:-1]
-        if (np.diff(indices.astype(np.int64))[same_row] < 0).any():
+        if (np.diff(indices)[same_row] < 0).any():
             raise MoezooError(f"{path}: the csr_matrix says its column indices are sorted, but they are not "
                               "(the file is damaged)")
     if not np.isfinite(data).all():

@@ -228,6 +228,8 @@ def test_a_pickle_that_calls_outside_the_planetoid_format_is_refused_and_never_r
     ("test.index", "text", "ind.cora.test.index: expected one non-negative integer node id per line"),
     ("ty", "labels", "ind.cora.ty: labels must be one-hot rows of 0/1"),
     ("graph", "node", "ind.cora.graph: node 2708 is beyond the 2708 nodes that have features"),
+    # unsigned row pointers that decrease: their diff wraps round to ~4e9 rows' worth (the slow fuzz run's 32 GiB)
+    ("x", "unsigned_indptr", r"ind.cora.x: the csr_matrix's indptr \(141 entries, 140 rows\) does not fit"),
 ])
 def test_damaged_planetoid_files_are_one_line_errors_naming_the_file(tmp_path, part, damage, match):
     import pickle
@@ -238,6 +240,12 @@ def test_damaged_planetoid_files_are_one_line_errors_naming_the_file(tmp_path, p
         path.write_bytes(path.read_bytes()[:1000])
     elif damage == "text":
         path.write_text("1708\nseventeen\n")
+    elif damage == "unsigned_indptr":
+        features = pickle.loads(path.read_bytes(), encoding="latin1")
+        indptr = features.indptr.astype(np.uint32)
+        indptr[5] = indptr[6] + 3  # row 5 ends after row 6 does
+        features.indptr = indptr
+        path.write_bytes(pickle.dumps(features, protocol=2))
     elif damage == "labels":
         labels = pickle.loads(path.read_bytes(), encoding="latin1")
         labels[0, 0] = 3
