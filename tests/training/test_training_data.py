@@ -3,6 +3,8 @@
 Not named test_data.py: pytest's default import mode needs unique basenames, and tests/tasks/graph has that one.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,18 @@ def _tree(root, classes=("cat", "dog"), per_class=3):
 def test_image_folder_reads_one_class_per_sub_folder(tmp_path):
     folder = image_folder(_tree(tmp_path / "images"))
     assert folder.classes == ["cat", "dog"] and len(folder) == 6 and folder.targets == [0, 0, 0, 1, 1, 1]
+
+
+def test_gif_images_are_read_not_skipped_as_torchvision_would(tmp_path):
+    """torchvision's ImageFolder lists no .gif: a class of GIFs would lose them in silence (the slow fuzz run)."""
+    for i, extension in enumerate(["png", "gif", "GIF", "bmp"]):
+        (tmp_path / "cat").mkdir(exist_ok=True)
+        Image.new("P", (5, 4), color=i).save(tmp_path / "cat" / f"{i}.{extension}")
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    folder = image_folder(tmp_path)
+    assert sorted(Path(path).name for path, _ in folder.samples) == ["0.png", "1.gif", "2.GIF", "3.bmp"]
+    image, label = folder[1]
+    assert image.size == (5, 4) and image.mode == "RGB" and label == 0
 
 
 @pytest.mark.parametrize("case,message", [
