@@ -145,27 +145,22 @@ def load_fields(model, data=None) -> Fields:
     state = getattr(model, "hub_data_state", None)
     want = model_fields(model)
     if data is None and state is not None and state.get("source") != "generator":
-        data = CTRData()
+        data, test, source = CTRData(), None, "its data.json"
         data.load_state_dict(state)
-        have = ([*data.cardinalities], len(data.numeric_names), list(data.task_names), list(data.domain_names))
-        if have != want:
-            raise MoezooError(f"demo: the model's fields ({_sizes(want)}) are not those of its data.json "
-                              f"({_sizes(have)})")
-        return Fields(data, dict(data._spec), None)
-    data = CTRData() if data is None else data
-    data.setup()
-    frame, test, spec, source = data._load()  # the raw rows again: the encoded splits do not keep them
-    if test is None:
-        test = frame.iloc[data._split(len(frame), False, source)["test"]]
+    else:
+        data = CTRData() if data is None else data
+        data.setup()
+        test, source = data.raw_test_rows(), "the embedded generator" if data.path is None else str(data.path)
     have = ([*data.cardinalities], len(data.numeric_names), list(data.task_names), list(data.domain_names))
-    if have != want or (state is not None and state.get("vocab") != data.state_dict()["vocab"]):
+    other_vocabularies = test is not None and state is not None and state.get("vocab") != data.state_dict()["vocab"]
+    if have != want or other_vocabularies:
         raise MoezooError(
             f"demo: the model's fields ({_sizes(want)}) are not those of {source} ({_sizes(have)})"
             f"{'' if have != want else ', nor its vocabularies'}: "
             "the form needs the vocabularies of the data the model was trained on; a hub folder carries them in "
             "data.json when exported (`moezoo export`) from a checkpoint of `moezoo fit`, and `--ckpt_path` reads "
             "them from the checkpoint")
-    return Fields(data, spec, test.reset_index(drop=True))
+    return Fields(data, data.spec, test)
 
 
 def _category(fields: Fields, column: str, value, notes: list[str]):

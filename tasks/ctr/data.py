@@ -413,7 +413,7 @@ class CTRData(SplitDataModule):
         """What was fitted on the training split (the columns, vocabularies, numeric statistics or bucket edges,
         domains, tasks), as plain Python values: Lightning writes it into every checkpoint (a stateful data module),
         ``moezoo export`` into the hub folder (``data.json``), so a row can be encoded later without the data."""
-        if self.splits is None:
+        if not hasattr(self, "vocab"):  # nothing fitted yet (neither setup nor load_state_dict)
             return {}
         return {
             "moezoo_data": self.STATE_FORMAT, "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -443,6 +443,21 @@ class CTRData(SplitDataModule):
         self.categorical_names, self.numeric_names = list(state["categorical_names"]), list(state["numeric_names"])
         self.cardinalities, self.has_user = list(state["cardinalities"]), bool(state["has_user"])
         self._users = {}
+
+    @property
+    def spec(self) -> dict:
+        """The fitted columns: ``categorical``, ``numeric``, ``domain``, ``user`` and the numeric ``transform``."""
+        if not hasattr(self, "_spec"):
+            raise MoezooError("CTRData.spec: no fitted encoders: call setup() or load_state_dict(state)")
+        return dict(self._spec)
+
+    def raw_test_rows(self) -> pd.DataFrame:
+        """The rows of the test split as the data holds them (before encoding), in the order of the encoded split.
+        Reads the data again (the splits keep only the encoded tensors)."""
+        frame, test, _, source = self._load()
+        if test is None:
+            test = frame.iloc[self._split(len(frame), False, source)["test"]]
+        return test.reset_index(drop=True)
 
     def encode_rows(self, frame: pd.DataFrame) -> dict[str, torch.Tensor]:
         """Raw rows (the data's columns, as in its file) -> a batch as the model reads it, by the fitted encoders
