@@ -7,6 +7,8 @@ which experts processed which patch, drawn as one grid over the image per expert
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,13 +19,18 @@ from moezoo.moe import load_by_label, routing_labels
 from .skeleton import DemoModel, figure_image, guarded, header
 
 
-def _grey(image) -> np.ndarray:
-    """A Gradio image value (numpy HxW, HxWx3/4, or a Sketchpad/ImageEditor dict) as grey floats in [0, 1]."""
+def _pixels(image, missing: str) -> np.ndarray:
+    """The pixels of a Gradio image value (numpy, or a Sketchpad/ImageEditor dict); None is a MoezooError."""
     if isinstance(image, dict):  # Sketchpad / ImageEditor: the composite of background and strokes
         image = image.get("composite")
     if image is None:
-        raise MoezooError("no image: draw a digit, upload an image or press 'A test digit'")
-    array = np.asarray(image)
+        raise MoezooError(f"no image: {missing}")
+    return np.asarray(image)
+
+
+def _grey(image) -> np.ndarray:
+    """A Gradio image value (numpy HxW, HxWx3/4, or a Sketchpad/ImageEditor dict) as grey floats in [0, 1]."""
+    array = _pixels(image, "draw a digit, upload an image or press 'A test digit'")
     if array.dtype == object or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
         raise MoezooError(f"not an image: expected H x W grey or RGB(A) pixels, got an array of shape {array.shape}")
     array = array.astype(np.float32)
@@ -65,11 +72,7 @@ def digit_input(image, img_size: int) -> torch.Tensor:
 
 def rgb_input(image, img_size: int) -> torch.Tensor:
     """An RGB image as a 3-channel model's input [1, 3, S, S], as the ImageFolder loader makes it (Normalize 0.5)."""
-    if isinstance(image, dict):
-        image = image.get("composite")
-    if image is None:
-        raise MoezooError("no image: upload an image first")
-    array = np.asarray(image)
+    array = _pixels(image, "upload an image first")
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, -1)
     if array.ndim != 3 or array.shape[-1] not in (3, 4):
@@ -126,11 +129,16 @@ def routing_figure(result: dict):
     return figure_image(figure)
 
 
-def test_digit(index: float):
-    """A digit of scikit-learn's bundled set (the model's own data), scaled up for the page."""
+@functools.cache
+def _bundled_digits():
     from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    return load_digits()  # read once, not at every click
+
+
+def test_digit(index: float):
+    """A digit of scikit-learn's bundled set (the model's own data), scaled up for the page."""
+    digits = _bundled_digits()
     index = int(index) % len(digits.images)
     pixels = (digits.images[index] / 16.0 * 255).astype(np.uint8)
     scaled = np.kron(pixels, np.ones((16, 16), dtype=np.uint8))
