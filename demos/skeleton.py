@@ -40,7 +40,9 @@ def registered_weights_for(task: str) -> str | None:
 
 def demo_runs() -> Path:
     """Where the demo keeps the runs it trains itself: ``$MOEZOO_CACHE/demo-runs`` (default ~/.cache/moezoo)."""
-    return Path(os.environ.get("MOEZOO_CACHE", Path.home() / ".cache" / "moezoo")) / "demo-runs"
+    from moezoo.cache import cache_dir
+
+    return cache_dir() / "demo-runs"
 
 
 def train_embedded_default(task: str) -> tuple[nn.Module, str]:

@@ -15,12 +15,13 @@ comparable only between runs that use the same classifier; they are not Inceptio
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from moezoo.cache import cache_dir
 
 
 class FeatureClassifier(nn.Module):
@@ -79,10 +80,6 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 def fid_cls(classifier: FeatureClassifier, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """FID-cls between images real [N, C, H, W] and fake [M, C, H, W] in [-1, 1] (as the classifier reads them)."""
     return fid(FeatureMap(classifier.body, classifier.head.in_features), real, fake)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MOEZOO_CACHE", Path.home() / ".cache" / "moezoo"))
 
 
 def train_classifier(datamodule, epochs: int = 10, seed: int = 0) -> tuple[FeatureClassifier, float]:
