@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,12 +95,11 @@ def load_demo_model(task: str | None = None, weights: str | None = None, ckpt_pa
             if weights is None:
                 model, source = train_embedded_default(task)
                 return DemoModel(model.eval(), task, source)
-        if os.path.isdir(os.path.expanduser(weights)):
-            model, source = hub.load_folder(TaskModule, os.path.expanduser(weights)), f"hub folder {weights}"
-        else:
-            from moezoo.weights import create_model
+        from moezoo.weights import weights_folder
 
-            model, source = create_model(weights), f"weights {weights}"
+        folder = weights_folder(weights)
+        source = f"hub folder {weights}" if Path(weights).expanduser().is_dir() else f"weights {weights}"
+        model = hub.load_folder(TaskModule, str(folder))
         trained_as = getattr(model, "hub_task", None)
     if task is not None and trained_as is not None and task != trained_as:
         raise MoezooError(f"demo: {source} holds a model of {trained_as}, not of --task {task}")

@@ -60,12 +60,9 @@ def _weights_folder(name: str, task: str | None) -> tuple[Path, dict, str | None
     """``--weights NAME`` (registered, downloaded and checked) or ``--weights DIR`` (a hub folder): the folder, its
     model config and its task variant; weights of another task than ``--task`` are refused by name."""
     from moezoo import hub
+    from moezoo.weights import weights_folder
 
-    folder = Path(name).expanduser()
-    if not folder.is_dir():
-        from moezoo.weights import download
-
-        folder = download(name)
+    folder = weights_folder(name)
     config = hub.read_config(folder / hub.CONFIG_NAME)
     trained_as = config["moezoo"].get("task")
     if task is not None and trained_as is not None and task != trained_as:

@@ -157,6 +157,13 @@ def download(name: str, *, files: list[str] | None = None, cache_dir: str | Path
     return folder
 
 
+def weights_folder(name: str) -> Path:
+    """``name`` as a hub folder: a local folder as it is, else the registered weights of that name, downloaded
+    and checked (``download``): what ``--weights NAME|DIR`` accepts."""
+    folder = Path(name).expanduser()
+    return folder if folder.is_dir() else download(name)
+
+
 def create_model(name: str, pretrained: bool = True):
     """The task model of the weights ``name`` (timm's ``create_model``): with ``pretrained``, its weights (downloaded
     and checked); without, the same architecture freshly initialised (only ``config.json`` is fetched)."""
