@@ -188,16 +188,10 @@ def load_folder(cls: type, model_id: str, **download) -> nn.Module:
 
 def read_data_state(model_id: str, **download) -> dict | None:
     """The ``data.json`` of a folder or Hub repo (the data module's fitted encoders), or None when it has none."""
-    local = Path(model_id).expanduser()
-    if local.is_dir():
-        path = local / DATA_NAME
-        if not path.is_file():
-            return None
-    else:
-        try:
-            path = resolve_file(model_id, DATA_NAME, **download)
-        except MoezooError:  # a repo without one
-            return None
+    try:
+        path = resolve_file(model_id, DATA_NAME, **download)
+    except MoezooError:  # a folder or repo without one: most families have no fitted encoders
+        return None
     try:
         state = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
