@@ -31,7 +31,7 @@ class MoEArgs:
     k: int = 2
     capacity_factor: float | None = None
     p: float = 0.4
-    score: Literal["softmax", "sigmoid"] = "softmax"
+    score: Literal["softmax", "sigmoid", "linear"] = "softmax"
     num_null_experts: int = 0
     num_shared_experts: int = 0
     expert_hidden_ratio: float = 1.0

@@ -38,7 +38,9 @@ class Router(nn.Module):
     Args:
         dim: token (router input) width.
         num_experts: number of real experts E.
-        score: ``softmax`` (probabilities over experts) or ``sigmoid`` (independent scores, as in DeepSeek-V3).
+        score: ``softmax`` (probabilities over experts), ``sigmoid`` (independent scores, as in DeepSeek-V3) or
+            ``linear`` (the raw logits x W_g are the scores and the weights; CMoE's ``activate='linear'``). The three
+            rank experts alike, so a top-k choice is the same; they differ in the weights and the balance loss.
         expert_groups: for grouped routing, ``expert_groups[g]`` lists the experts tokens of group g may use. With a
             single group the mask is static (every token may use only those experts) and ``group`` may be omitted.
         num_null_experts: extra slots that produce no output (AdaMoE), so a token may use fewer experts. Where a
@@ -51,6 +53,10 @@ class Router(nn.Module):
             keeps a weight below 1, so the router still gets a gradient through it.
         balance_loss_weight: weight of the Switch load-balancing loss (computed on the micro-batch, from the
             router's choices before capacity drops any).
+        balance_probs: the P_i of the balancing losses: ``normalized`` (the default) takes the router distribution
+            (``distribution``: the softmax, sigmoid scores divided by their sum, the softmax of linear scores);
+            ``raw`` takes the scores as they are (CMoE's official code, github.com/xy980523/UATR-CMoE
+            ``cmoe_model.py``, ``ResNet_MoE_loadbalance.forward``: ``pi = mean(routing_score)`` of the sigmoid).
         global_balance_loss_weight: weight of the global-batch balancing loss (counts summed over data-parallel
             ranks and micro-batches until the next optimizer step; a recomputation under activation checkpointing
             does not count again).
@@ -58,6 +64,9 @@ class Router(nn.Module):
         bias_update_rate: u > 0 turns on auxiliary-loss-free balancing (Wang et al. 2024): a per-expert bias b is
             added to the scores for *selection only*, and after each optimizer step b_i += u * sign(mean load - load_i).
         gate_init_std: std of the gate's normal init (None keeps nn.Linear's default).
+        weighted: False gives every assignment weight 1: the chosen experts' outputs are not scaled by their scores,
+            so the gate learns only from the aux losses (CMoE's official hard top-1, github.com/xy980523/UATR-CMoE
+            ``cmoe_model.py``: ``logits[i] = fc[argmax(routing_score)[i]](x[i])``).
     """
 
     def __init__(
@@ -70,19 +79,25 @@ class Router(nn.Module):
         num_null_experts: int = 0,
         normalize_over_null: bool = False,
         balance_loss_weight: float = 0.0,
+        balance_probs: str = "normalized",
         global_balance_loss_weight: float = 0.0,
         z_loss_weight: float = 0.0,
         bias_update_rate: float = 0.0,
         gate_init_std: float | None = None,
+        weighted: bool = True,
     ):
         super().__init__()
-        if score not in ("softmax", "sigmoid"):
-            raise ValueError(f"router score must be 'softmax' or 'sigmoid', got {score!r}")
+        if score not in ("softmax", "sigmoid", "linear"):
+            raise ValueError(f"router score must be 'softmax', 'sigmoid' or 'linear', got {score!r}")
+        if balance_probs not in ("normalized", "raw"):
+            raise ValueError(f"router balance_probs must be 'normalized' or 'raw', got {balance_probs!r}")
         self.num_experts = num_experts
         self.num_slots = num_experts + num_null_experts
         self.score = score
         self.normalize_over_null = normalize_over_null
         self.balance_loss_weight = balance_loss_weight
+        self.balance_probs = balance_probs
+        self.weighted = weighted
         self.global_balance_loss_weight = global_balance_loss_weight
         self.z_loss_weight = z_loss_weight
         self.bias_update_rate = bias_update_rate
@@ -172,9 +187,11 @@ class Router(nn.Module):
             logits = logits.masked_fill(~allowed, float("-inf"))
         elif group is not None:
             raise ValueError("group ids were given but this router has no expert_groups")
-        probs = torch.softmax(logits.float(), dim=-1) if self.score == "softmax" else torch.sigmoid(logits.float())
+        probs = self.scores(logits)
         scores = probs + self.expert_bias if self.bias_update_rate > 0 else probs
         token_index, slot_index, weight, dropped = self.select(probs, scores)
+        if not self.weighted:
+            weight = torch.ones_like(weight)
         if allowed is not None:  # routers that choose tokens (expert choice) may pick a token outside its group
             ok = allowed[token_index, slot_index]
             token_index, slot_index, weight = token_index[ok], slot_index[ok], weight[ok]
@@ -196,7 +213,7 @@ class Router(nn.Module):
             weight=weight.to(x.dtype),
             num_tokens=x.shape[0],
             num_experts=self.num_experts,
-            probs=probs[:, : self.num_experts],
+            probs=(self.distribution(probs) if self.score == "linear" else probs)[:, : self.num_experts],
             logits=logits[:, : self.num_experts],
             dropped=dropped,
             group=record_group,
@@ -204,9 +221,18 @@ class Router(nn.Module):
             soft=self.soft,
         )
 
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """The scores [T, S] (float32) that choose and weight the experts: softmax, sigmoid or the logits."""
+        if self.score == "softmax":
+            return torch.softmax(logits.float(), dim=-1)
+        return torch.sigmoid(logits.float()) if self.score == "sigmoid" else logits.float()
+
     def distribution(self, probs: torch.Tensor) -> torch.Tensor:
-        """The router distribution over slots that the aux losses see: the softmax, or the sigmoid scores
-        normalised to sum to 1."""
+        """The router distribution over slots (what the balancing losses see unless ``balance_probs`` is ``raw``,
+        and the ``probs`` a linear router reports for statistics): the softmax, the sigmoid scores normalised to
+        sum to 1, or the softmax of linear scores (a masked expert's -inf gives 0)."""
+        if self.score == "linear":
+            return torch.softmax(probs, dim=-1)
         return probs if self.score == "softmax" else probs / probs.sum(-1, keepdim=True).clamp_min(1e-9)
 
     def _aux_losses(self, logits, probs, slot_index) -> dict[str, torch.Tensor]:
@@ -214,7 +240,7 @@ class Router(nn.Module):
         them into ``step_counts`` and ``global_counts``, except in a recomputation during backward (activation
         checkpointing), which would count the same forward twice."""
         losses = {}
-        balance_probs = self.distribution(probs)
+        balance_probs = probs if self.balance_probs == "raw" else self.distribution(probs)
         counts = torch.bincount(slot_index, minlength=self.num_slots).to(self.step_counts.dtype)
         if not in_backward():
             with torch.no_grad():

@@ -252,6 +252,47 @@ def test_sigmoid_scores_are_independent_per_expert():
     assert torch.allclose(routing.probs, torch.sigmoid(x @ router.gate.weight.t()), atol=1e-6)
 
 
+def test_linear_sigmoid_and_softmax_scores_choose_alike_and_weight_by_their_own_score():
+    x = _x(t=30)
+    routers = {score: TopKRouter(6, 4, k=1, score=score) for score in ("softmax", "sigmoid", "linear")}
+    for router in routers.values():
+        router.load_state_dict(routers["softmax"].state_dict())
+    logits = x @ routers["softmax"].gate.weight.t()
+    picks = {score: router(x) for score, router in routers.items()}
+    for routing in picks.values():
+        assert torch.equal(routing.expert_index, logits.argmax(-1)), "monotone scores rank experts alike"
+    chosen = logits.gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)
+    assert torch.allclose(picks["linear"].weight, chosen, atol=1e-6), "a linear router weights by the raw logit"
+    assert torch.allclose(picks["sigmoid"].weight, torch.sigmoid(chosen), atol=1e-6)
+    assert torch.allclose(picks["linear"].probs, torch.softmax(logits, -1), atol=1e-6), \
+        "a linear router reports the softmax for statistics"
+
+
+def test_cmoe_balance_loss_on_raw_sigmoid_scores_is_the_official_formula():
+    """CMoE (xy980523/UATR-CMoE, ResNet_MoE_loadbalance): L = w * E * f . mean_b sigmoid(r_b W^T), f the fraction
+    of samples whose argmax expert is i; the scores are not renormalised."""
+    router = TopKRouter(6, 8, k=1, score="sigmoid", balance_loss_weight=0.01, balance_probs="raw").train()
+    x = _x(t=40)
+    routing = router(x)
+    scores = torch.sigmoid(x @ router.gate.weight.t()).detach()
+    f = torch.nn.functional.one_hot(scores.argmax(-1), 8).float().mean(0)
+    assert routing.aux_losses["balance"].item() == pytest.approx(0.01 * 8 * float(f @ scores.mean(0)), rel=1e-5)
+    normalized = TopKRouter(6, 8, k=1, score="sigmoid", balance_loss_weight=0.01).train()
+    normalized.load_state_dict(router.state_dict())
+    p = scores / scores.sum(-1, keepdim=True)
+    assert normalized(x).aux_losses["balance"].item() == pytest.approx(0.01 * 8 * float(f @ p.mean(0)), rel=1e-5)
+
+
+def test_an_unweighted_router_gives_every_assignment_weight_one_and_its_gate_only_the_aux_gradient():
+    router = TopKRouter(6, 4, k=1, score="sigmoid", weighted=False, balance_loss_weight=0.01).train()
+    x = _x(t=20)
+    routing = router(x)
+    assert torch.equal(routing.weight, torch.ones(20))
+    assert not routing.weight.requires_grad, "the expert outputs carry no gradient to the gate"
+    routing.aux_losses["balance"].backward()
+    assert router.gate.weight.grad.abs().sum() > 0, "the balance loss still trains the gate"
+
+
 def test_bias_balancing_changes_selection_but_not_gate_weights():
     router = TopKRouter(6, 4, k=1, bias_update_rate=0.1)
     x = _x(t=40)
@@ -280,6 +321,8 @@ def test_bias_update_lowers_the_bias_of_overloaded_experts_after_an_optimizer_st
 def test_unknown_score_and_bad_k_and_bad_p_are_rejected():
     with pytest.raises(ValueError, match="softmax"):
         TopKRouter(4, 2, score="tanh")
+    with pytest.raises(ValueError, match="balance_probs"):
+        TopKRouter(4, 2, balance_probs="mean")
     with pytest.raises(ValueError, match="k=5"):
         TopKRouter(4, 2, k=5)
     with pytest.raises(ValueError, match="p=1.5"):
