@@ -143,9 +143,13 @@ class AcousticData(SplitDataModule):
             if self.group_column:
                 check_given_split(groups, kept, source)
             indices = {name: np.flatnonzero([s == name for s in kept]) for name in ("train", "val", "test")}
-            for name in ("train", "val"):
-                if not len(indices[name]):
-                    raise MoezooError(f"{source}: data.split_column={self.split_column!r} gives no {name} rows")
+            if not len(indices["train"]):
+                raise MoezooError(f"{source}: data.split_column={self.split_column!r} gives no train rows")
+            if not len(indices["val"]):  # e.g. FSDD's official train/test: val is drawn from train's groups
+                train = indices["train"]
+                held = split_by_group([labels[i] for i in train], [groups[i] for i in train], self.val_fraction, 0.0,
+                                      self.split_seed, classes, source)
+                indices["train"], indices["val"] = train[held["train"]], train[held["val"]]
             if not len(indices["test"]):
                 del indices["test"]
         else:

@@ -168,10 +168,11 @@ def split_by_group(labels, groups, val_fraction: float, test_fraction: float, se
 
     Where every group holds one class (recordings, vessels) the split is stratified: each class's groups are shuffled
     (seeded) and at least one goes to val and one to test, about the fractions' share each. Where groups span classes
-    (speakers who say every digit) the groups themselves are shuffled and split by the fractions.
+    (speakers who say every digit) the groups themselves are shuffled and split by the fractions. A
+    ``test_fraction`` of 0 draws only val (from a given train split).
     """
     labels, groups = np.asarray(labels), np.asarray(groups, dtype=object)
-    if not (val_fraction > 0 and test_fraction > 0 and val_fraction + test_fraction < 1):
+    if not (val_fraction > 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
         raise MoezooError(f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must each be "
                           "above 0 and sum to less than 1")
     rng = np.random.default_rng(seed)
@@ -186,12 +187,14 @@ def split_by_group(labels, groups, val_fraction: float, test_fraction: float, se
     for y, bucket in enumerate(buckets):
         if not bucket:
             continue
-        if len(bucket) < 3:
+        need = 3 if test_fraction > 0 else 2
+        if len(bucket) < need:
             what = f"class {class_names[y]!r}" if pure else "the data"
             raise MoezooError(f"{source}: {what} has {len(bucket)} recording group{'s' * (len(bucket) != 1)}; a "
-                              "split by recording needs at least 3 (one each for train, val and test)")
+                              f"split by recording needs at least {need} (one each for "
+                              f"{'train, val and test' if need == 3 else 'train and val'})")
         order = [bucket[i] for i in rng.permutation(len(bucket))]
-        n_test = max(1, int(round(test_fraction * len(order))))
+        n_test = max(1, int(round(test_fraction * len(order)))) if test_fraction > 0 else 0
         n_val = max(1, int(round(val_fraction * len(order))))
         n_val = min(n_val, len(order) - n_test - 1)
         chosen["test"] += order[:n_test]
