@@ -18,6 +18,7 @@ FAMILY_DEMOS = {
     "graph": "moezoo.demos.graph",
     "ctr": "moezoo.demos.ctr",
     "dit": "moezoo.demos.dit",
+    "acoustic": "moezoo.demos.acoustic",
 }
 
 

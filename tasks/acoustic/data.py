@@ -59,7 +59,7 @@ class AcousticData(SplitDataModule):
     """
 
     model_links = {"num_classes": "num_classes", "sample_rate": "sample_rate", "feature": "feature",
-                   "classes": "class_names"}
+                   "classes": "class_names", "window_seconds": "window_seconds"}
 
     def __init__(self, root: str | None = None, manifest: str | None = None, sample_rate: int = 8000,
                  window_seconds: float = 2.0, hop_seconds: float | None = 1.0, feature: str = "mel",
@@ -67,7 +67,7 @@ class AcousticData(SplitDataModule):
                  label_column: str = "label", group_column: str | None = None, split_column: str | None = None,
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
                  check_audio: bool = True, skip_bad: bool = False, batch_size: int = 32, num_workers: int = 0,
-                 synthetic_recordings_per_class: int = 12, synthetic_seconds: float = 20.0,
+                 synthetic_recordings_per_class: int = 40, synthetic_seconds: float = 6.0,
                  synthetic_seed: int = 0):
         super().__init__()
         self.root = None if root is None else Path(root).expanduser()

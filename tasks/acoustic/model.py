@@ -59,7 +59,8 @@ class AcousticClassifier(TaskModule):
     """Waveform windows [B, N] -> class logits, through a spectral front end, a ResNet-18 and a head.
 
     Args:
-        num_classes, sample_rate, feature, class_names: from the data (linked under the CLI).
+        num_classes, sample_rate, feature, class_names, window_seconds: from the data (linked under the CLI);
+            ``window_seconds`` is the window the model was trained on, which ``classify_recording`` cuts.
         head: ``linear`` (the single-head ResNet baseline), ``cmoe`` or ``rcmoe``.
         num_experts, score, gate_output, expert_hidden, balance_loss_weight: the CMoE head (see the module doc).
         n_fft, hop_length, n_bins: the front end (``n_bins``: mel bands or cepstral coefficients).
@@ -77,6 +78,7 @@ class AcousticClassifier(TaskModule):
         sample_rate: int = 8000,
         feature: str = "mel",
         class_names: list[str] | None = None,
+        window_seconds: float = 2.0,
         head: Literal["linear", "cmoe", "rcmoe"] = "cmoe",
         num_experts: int = 8,
         score: Literal["sigmoid", "softmax", "linear"] = "sigmoid",
@@ -102,6 +104,7 @@ class AcousticClassifier(TaskModule):
             raise MoezooError(f"model.init_args.class_names: {len(class_names)} names for num_classes={num_classes}")
         self.save_hyperparameters()
         self.num_classes, self.head_kind = num_classes, head
+        self.sample_rate, self.window_seconds = sample_rate, window_seconds
         self.class_names = list(class_names) if class_names else [str(c) for c in range(num_classes)]
         self.routing_label_names = {"class": self.class_names}
         self.frontend = SpectralFrontend(feature, sample_rate, n_fft, hop_length, n_bins)
@@ -143,6 +146,28 @@ class AcousticClassifier(TaskModule):
             out["expert"] = torch.full((r.shape[0],), -1, dtype=torch.long, device=r.device)
             out["expert"][routing.token_index] = routing.expert_index
             out["scores"] = self.head.router.scores(self.head.router.gate_logits(r))
+        return out
+
+    @torch.no_grad()
+    def classify_recording(self, waveform: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:
+        """A whole recording (samples [N] or channels [C, N] at ``sample_rate``) as the data module reads one: mixed
+        to mono, resampled to the model's rate, cut into its windows (the last one zero-padded). Returns the
+        recording's class probabilities ``prob`` [C] (the windows' log-probabilities summed), and per window
+        ``window_prob`` [W, C], ``expert`` [W] and ``scores`` [W, E] (a mixture head), ``start`` [W] seconds."""
+        import torchaudio.functional as AF
+
+        wave = waveform.float()
+        wave = wave.mean(0) if wave.dim() == 2 else wave.reshape(-1)
+        if sample_rate != self.sample_rate:
+            wave = AF.resample(wave, sample_rate, self.sample_rate)
+        size = int(round(self.window_seconds * self.sample_rate))
+        count = max(1, -(-wave.shape[0] // size))
+        wave = F.pad(wave, (0, count * size - wave.shape[0]))
+        device = next(self.parameters()).device
+        out = self.classify(wave.view(count, size).to(device))
+        out["window_prob"] = out.pop("prob")
+        out["prob"] = out["window_prob"].clamp_min(1e-12).log().sum(0).softmax(-1)
+        out["start"] = torch.arange(count) * self.window_seconds
         return out
 
     @torch.no_grad()

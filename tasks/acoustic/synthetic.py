@@ -103,8 +103,8 @@ def vessel(rng: np.random.Generator, mode: Mode, seconds: float, sample_rate: in
     return (0.1 * recording / (np.abs(recording).max() + 1e-12)).astype(np.float32)
 
 
-def generate(recordings_per_class: int = 12, seconds: float = 20.0, sample_rate: int = 8000,
-             snr_db: tuple[float, float] = (-10.0, 5.0), seed: int = 0) -> list[tuple[np.ndarray, int, int]]:
+def generate(recordings_per_class: int = 40, seconds: float = 6.0, sample_rate: int = 8000,
+             snr_db: tuple[float, float] = (-5.0, 10.0), seed: int = 0) -> list[tuple[np.ndarray, int, int]]:
     """(waveform, label, mode) of ``recordings_per_class`` vessels per class (alternating the class's two modes),
     ordered by class; the label indexes ``CLASSES``."""
     rng = np.random.default_rng(seed)
