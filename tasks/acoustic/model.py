@@ -151,7 +151,8 @@ class AcousticClassifier(TaskModule):
     @torch.no_grad()
     def classify_recording(self, waveform: torch.Tensor, sample_rate: int) -> dict[str, torch.Tensor]:
         """A whole recording (samples [N] or channels [C, N] at ``sample_rate``) as the data module reads one: mixed
-        to mono, resampled to the model's rate, cut into its windows (the last one zero-padded). Returns the
+        to mono, resampled to the model's rate, cut into its full windows (a tail shorter than a window is left
+        out, as the data module does; a recording shorter than one window is zero-padded to one). Returns the
         recording's class probabilities ``prob`` [C] (the windows' log-probabilities summed), and per window
         ``window_prob`` [W, C], ``expert`` [W] and ``scores`` [W, E] (a mixture head), ``start`` [W] seconds."""
         import torchaudio.functional as AF
@@ -161,8 +162,8 @@ class AcousticClassifier(TaskModule):
         if sample_rate != self.sample_rate:
             wave = AF.resample(wave, sample_rate, self.sample_rate)
         size = int(round(self.window_seconds * self.sample_rate))
-        count = max(1, -(-wave.shape[0] // size))
-        wave = F.pad(wave, (0, count * size - wave.shape[0]))
+        count = max(1, wave.shape[0] // size)
+        wave = F.pad(wave, (0, max(0, size - wave.shape[0])))[: count * size]
         device = next(self.parameters()).device
         out = self.classify(wave.view(count, size).to(device))
         out["window_prob"] = out.pop("prob")
