@@ -24,6 +24,7 @@ from moezoo.errors import MoezooError
 from moezoo.training.data import SplitDataModule
 
 from . import synthetic
+from .features import FEATURES
 from .recordings import (
     Recording,
     WindowDataset,
@@ -34,8 +35,6 @@ from .recordings import (
     probe_all,
     split_by_group,
 )
-
-FEATURES = ("mel", "stft", "mfcc", "lfcc")
 
 
 class AcousticData(SplitDataModule):

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torchaudio.transforms as T
 
+FEATURES = ("mel", "stft", "mfcc", "lfcc")
+
 
 def spectral_transform(feature: str, sample_rate: int, n_fft: int, hop_length: int, n_bins: int) -> nn.Module:
     """The torchaudio transform of ``feature``: [B, N] -> [B, F, frames]."""

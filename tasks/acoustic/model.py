@@ -33,7 +33,7 @@ from moezoo.errors import MoezooError
 from moezoo.moe import MoE, RoutedStackedMLP, TopKRouter
 from moezoo.training import TaskModule
 
-from .features import SpectralFrontend
+from .features import FEATURES, SpectralFrontend
 
 HEADS = ("linear", "cmoe", "rcmoe")
 
@@ -100,6 +100,9 @@ class AcousticClassifier(TaskModule):
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, cosine=cosine)
         if head not in HEADS:
             raise MoezooError(f"model.init_args.head: {head!r} is not one of {', '.join(HEADS)}")
+        if feature not in FEATURES:  # linked from data.feature under the CLI
+            raise MoezooError(f"data.feature (model.init_args.feature): {feature!r} is not one of "
+                              f"{', '.join(FEATURES)}")
         if class_names is not None and len(class_names) != num_classes:
             raise MoezooError(f"model.init_args.class_names: {len(class_names)} names for num_classes={num_classes}")
         self.save_hyperparameters()
