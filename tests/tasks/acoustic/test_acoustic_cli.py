@@ -69,3 +69,21 @@ def test_resnet_trains_on_fsdd_split_by_speaker(tmp_path):
     assert fit["global_step"] == 8 and "test/acc" in fit
     hparams = next(tmp_path.glob("lightning_logs/version_*/hparams.yaml")).read_text()
     assert "num_classes: 10" in hparams
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--data.feature", "cqt"], "error: data.feature (model.init_args.feature): 'cqt' is not one of mel"),
+    (["--data.root", "{root}", "--data.window_seconds", "0.5"], "error: cannot read audio {root}/a/x.wav: Error opening"),
+])
+def test_bad_input_through_the_cli_is_one_line_with_exit_status_2(flags, message, tmp_path, capsys):
+    from acoustic_audio import class_tree
+
+    root = class_tree(tmp_path / "tree")
+    (root / "a" / "x.wav").write_bytes(b"junk")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--task", "acoustic/cmoe", "--trainer.default_root_dir", str(tmp_path / "run"),
+              *[f.format(root=root) for f in flags], *SMALL])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message.format(root=root) in errors[0] and "Traceback" not in err
