@@ -73,7 +73,8 @@ def test_resnet_trains_on_fsdd_split_by_speaker(tmp_path):
 
 @pytest.mark.parametrize("flags,message", [
     (["--data.feature", "cqt"], "error: data.feature (model.init_args.feature): 'cqt' is not one of mel"),
-    (["--data.root", "{root}", "--data.window_seconds", "0.5"], "error: cannot read audio {root}/a/x.wav: Error opening"),
+    (["--data.root", "{root}", "--data.window_seconds", "0.5"],
+     "error: cannot read audio {root}/a/x.wav: Error opening"),
 ])
 def test_bad_input_through_the_cli_is_one_line_with_exit_status_2(flags, message, tmp_path, capsys):
     from acoustic_audio import class_tree
