@@ -132,10 +132,9 @@ class AcousticData(SplitDataModule):
         self._check_args()
         recordings, classes, given = self._sources()
         rows = dict(zip(map(id, recordings), given or [None] * len(recordings)))
-        window_seconds = self.window_seconds
+        window_seconds, source = self.window_seconds, self._source_name()
         recordings = probe_all(recordings, lambda rate: int(round(window_seconds * rate)), self.pad_short,
-                               self.allowed_sample_rates, self.check_audio, self.skip_bad)
-        source = self._source_name()
+                               self.allowed_sample_rates, self.check_audio, self.skip_bad, source)
         labels, groups = [r.label for r in recordings], [r.group for r in recordings]
         if given is not None:
             kept = [rows[id(r)] for r in recordings]

@@ -141,7 +141,7 @@ def probe(recording: Recording, window_frames_at, pad_short: bool, allowed_sampl
 
 
 def probe_all(recordings: list[Recording], window_frames_at, pad_short: bool, allowed_sample_rates, decode: bool,
-              skip_bad: bool) -> list[Recording]:
+              skip_bad: bool, source: str = "data") -> list[Recording]:
     """``probe`` every recording; with ``skip_bad`` a bad one is left out with a counted warning (never silently)."""
     kept, bad = [], []
     for recording in recordings:
@@ -157,7 +157,7 @@ def probe_all(recordings: list[Recording], window_frames_at, pad_short: bool, al
         warnings.warn(f"data.skip_bad: skipped {len(bad)} of {len(recordings)} audio files (first: {bad[0]})",
                       stacklevel=2)
     if not kept:
-        raise MoezooError(f"data: none of the {len(recordings)} audio files could be used")
+        raise MoezooError(f"{source}: none of its {len(recordings)} audio files can be used (first: {bad[0]})")
     return kept
 
 
@@ -184,9 +184,7 @@ def split_by_group(labels, groups, val_fraction: float, test_fraction: float, se
     buckets = ([[g for g in unique if next(iter(group_class[g])) == y] for y in range(len(class_names))]
                if pure else [unique])
     chosen = {"train": [], "val": [], "test": []}
-    for y, bucket in enumerate(buckets):
-        if not bucket:
-            continue
+    for y, bucket in enumerate(buckets):  # a class left without recordings (skip_bad) is an error too
         need = 3 if test_fraction > 0 else 2
         if len(bucket) < need:
             what = f"class {class_names[y]!r}" if pure else "the data"
