@@ -47,11 +47,7 @@ def analyse(model, path) -> dict:
     """The recording's probabilities, per-window results and its normalised spectral map [F, frames]."""
     wave, rate = read_recording(path)
     result = model.classify_recording(wave, rate)
-    import torchaudio.functional as AF
-
-    mono = wave.mean(0)
-    if rate != model.sample_rate:
-        mono = AF.resample(mono, rate, model.sample_rate)
+    mono = result.pop("waveform")
     with torch.no_grad():
         result["map"] = model.frontend(mono[None].to(next(model.parameters()).device))[0, 0].cpu()
     result["seconds"] = mono.shape[0] / model.sample_rate

@@ -113,10 +113,9 @@ class AcousticData(SplitDataModule):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise MoezooError(f"data.{key}: must be a positive number, got {value!r}")
 
-    def _sources(self) -> tuple[list[Recording], list[str], list[str] | None]:
+    def _sources(self) -> tuple[list[Recording], list[str]]:
         if self.root is not None:
-            recordings, classes = folder_recordings(self.root)
-            return recordings, classes, None
+            return folder_recordings(self.root)
         if self.manifest is not None:
             return manifest_recordings(self.manifest, self.path_column, self.label_column, self.group_column,
                                        self.split_column)
@@ -124,20 +123,19 @@ class AcousticData(SplitDataModule):
                                        self.sample_rate, seed=self.synthetic_seed)
         recordings = [Recording(label, f"vessel-{i:03d}", samples=wave, sample_rate=self.sample_rate,
                                 num_frames=wave.shape[0]) for i, (wave, label, _) in enumerate(generated)]
-        return recordings, list(synthetic.CLASSES), None
+        return recordings, list(synthetic.CLASSES)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
         self._check_args()
-        recordings, classes, given = self._sources()
-        rows = dict(zip(map(id, recordings), given or [None] * len(recordings)))
+        recordings, classes = self._sources()
         window_seconds, source = self.window_seconds, self._source_name()
         recordings = probe_all(recordings, lambda rate: int(round(window_seconds * rate)), self.pad_short,
                                self.allowed_sample_rates, self.check_audio, self.skip_bad, source)
         labels, groups = [r.label for r in recordings], [r.group for r in recordings]
-        if given is not None:
-            kept = [rows[id(r)] for r in recordings]
+        if self.manifest is not None and self.split_column:
+            kept = [r.split for r in recordings]
             if self.group_column:
                 check_given_split(groups, kept, source)
             indices = {name: np.flatnonzero([s == name for s in kept]) for name in ("train", "val", "test")}

@@ -34,6 +34,7 @@ from moezoo.moe import MoE, RoutedStackedMLP, TopKRouter
 from moezoo.training import TaskModule
 
 from .features import FEATURES, SpectralFrontend
+from .recordings import mono_at
 
 HEADS = ("linear", "cmoe", "rcmoe")
 
@@ -148,7 +149,7 @@ class AcousticClassifier(TaskModule):
             routing = self.head.router(r)
             out["expert"] = torch.full((r.shape[0],), -1, dtype=torch.long, device=r.device)
             out["expert"][routing.token_index] = routing.expert_index
-            out["scores"] = self.head.router.scores(self.head.router.gate_logits(r))
+            out["scores"] = self.head.router.scores(routing.logits)
         return out
 
     @torch.no_grad()
@@ -157,13 +158,10 @@ class AcousticClassifier(TaskModule):
         to mono, resampled to the model's rate, cut into its full windows (a tail shorter than a window is left
         out, as the data module does; a recording shorter than one window is zero-padded to one). Returns the
         recording's class probabilities ``prob`` [C] (the windows' log-probabilities summed), and per window
-        ``window_prob`` [W, C], ``expert`` [W] and ``scores`` [W, E] (a mixture head), ``start`` [W] seconds."""
-        import torchaudio.functional as AF
-
-        wave = waveform.float()
-        wave = wave.mean(0) if wave.dim() == 2 else wave.reshape(-1)
-        if sample_rate != self.sample_rate:
-            wave = AF.resample(wave, sample_rate, self.sample_rate)
+        ``window_prob`` [W, C], ``expert`` [W] and ``scores`` [W, E] (a mixture head), ``start`` [W] seconds, and
+        the mono ``waveform`` [M] at the model's rate."""
+        mono = mono_at(waveform.t() if waveform.dim() == 2 else waveform, sample_rate, self.sample_rate)
+        wave = mono
         size = int(round(self.window_seconds * self.sample_rate))
         count = max(1, wave.shape[0] // size)
         wave = F.pad(wave, (0, max(0, size - wave.shape[0])))[: count * size]
@@ -172,6 +170,7 @@ class AcousticClassifier(TaskModule):
         out["window_prob"] = out.pop("prob")
         out["prob"] = out["window_prob"].clamp_min(1e-12).log().sum(0).softmax(-1)
         out["start"] = torch.arange(count) * self.window_seconds
+        out["waveform"] = mono
         return out
 
     @torch.no_grad()

@@ -32,6 +32,7 @@ class Recording:
     label: int
     group: str
     path: Path | None = None
+    split: str | None = None  # train / val / test where a manifest gives it
     samples: np.ndarray | None = None
     sample_rate: int = 0
     num_frames: int = 0
@@ -39,6 +40,14 @@ class Recording:
     @property
     def name(self) -> str:
         return str(self.path) if self.path is not None else f"generated recording {self.group}"
+
+
+def mono_at(samples: torch.Tensor, rate: int, target_rate: int) -> torch.Tensor:
+    """Samples [N] or [N, channels] at ``rate`` as mono float32 [M] at ``target_rate`` (channel mean, then
+    ``torchaudio.functional.resample``): how every recording is read, by the data and by ``classify_recording``."""
+    wave = samples.float()
+    wave = wave.mean(-1) if wave.dim() == 2 else wave.reshape(-1)
+    return wave if rate == target_rate else AF.resample(wave, rate, target_rate)
 
 
 def _reason(error: BaseException) -> str:
@@ -65,8 +74,8 @@ def folder_recordings(root: Path, key: str = "data.root") -> tuple[list[Recordin
 
 def manifest_recordings(manifest: Path, path_column: str = "path", label_column: str = "label",
                         group_column: str | None = None, split_column: str | None = None,
-                        ) -> tuple[list[Recording], list[str], list[str] | None]:
-    """The rows of a CSV manifest: (recordings, classes, split of each row or None).
+                        ) -> tuple[list[Recording], list[str]]:
+    """The rows of a CSV manifest: (recordings, classes); each recording's ``split`` from ``split_column``.
 
     ``path_column`` is relative to the manifest's folder (or absolute); ``group_column`` names the unit of the split
     (a recording, vessel or speaker id; default: each file); ``split_column`` gives the split of each row
@@ -88,21 +97,21 @@ def manifest_recordings(manifest: Path, path_column: str = "path", label_column:
     numeric = all(v.lstrip("-").isdigit() for v in values)
     classes = sorted(set(values), key=int if numeric else str)
     index = {name: i for i, name in enumerate(classes)}
-    recordings, splits = [], [] if split_column else None
+    recordings = []
     for line, (row, value) in enumerate(zip(rows, values), start=2):
         if not value or not row[path_column].strip():
             raise MoezooError(f"data.manifest: {manifest} line {line}: empty {path_column!r} or {label_column!r}")
         path = Path(row[path_column].strip())
         path = path if path.is_absolute() else manifest.parent / path
         group = row[group_column].strip() if group_column else str(path)
-        recordings.append(Recording(index[value], group, path=path))
-        if splits is not None:
+        split = None
+        if split_column:
             split = row[split_column].strip().lower()
             if split not in ("train", "val", "test"):
                 raise MoezooError(f"data.manifest: {manifest} line {line}: {split_column}={row[split_column]!r} "
                                   "is not train, val or test")
-            splits.append(split)
-    return recordings, classes, splits
+        recordings.append(Recording(index[value], group, path=path, split=split))
+    return recordings, classes
 
 
 def probe(recording: Recording, window_frames_at, pad_short: bool, allowed_sample_rates, decode: bool) -> None:
@@ -233,15 +242,13 @@ class WindowDataset(Dataset):
         r, start, frames = self.windows[index]
         recording = self.recordings[r]
         if recording.samples is not None:
-            wave = torch.from_numpy(recording.samples[start:start + frames])
+            data = recording.samples[start:start + frames]
         else:
             try:
                 data, _ = sf.read(str(recording.path), start=start, frames=frames, dtype="float32", always_2d=True)
             except Exception as err:
                 raise MoezooError(f"cannot read audio {recording.path}: {_reason(err)}") from None
-            wave = torch.from_numpy(data.mean(axis=1))
-        if recording.sample_rate != self.sample_rate:
-            wave = AF.resample(wave, recording.sample_rate, self.sample_rate)
+        wave = mono_at(torch.from_numpy(data), recording.sample_rate, self.sample_rate)
         if wave.shape[0] < self.window:
             wave = torch.nn.functional.pad(wave, (0, self.window - wave.shape[0]))
         return wave[: self.window].contiguous()
