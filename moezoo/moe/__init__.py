@@ -1,7 +1,7 @@
 """The shared MoE core: the Routing record, routers, expert banks, the MoE layer, aux losses and statistics."""
 
 from .builder import MoEArgs
-from .experts import DenseMLP, GroupedMLP, ModuleExperts
+from .experts import DenseMLP, FiLMExperts, GroupedMLP, ModuleExperts
 from .layer import MoE
 from .losses import (
     global_batch_load_balancing_loss,
@@ -28,11 +28,13 @@ from .stats import (
     routing_stats,
     take_expert_load,
 )
+from .uncertainty import UncertaintyRouter
 
 __all__ = [
     "DenseMLP",
     "ExpertChoiceRouter",
     "ExpertLayerwiseCasting",
+    "FiLMExperts",
     "GatedMixture",
     "GroupedMLP",
     "MoE",
@@ -47,6 +49,7 @@ __all__ = [
     "StackedMLP",
     "TopKRouter",
     "TopPRouter",
+    "UncertaintyRouter",
     "after_optimizer_step",
     "aux_loss",
     "aux_loss_terms",

@@ -5,7 +5,8 @@
       y_t = sum_{(t, e, w) in routing} w * f_e(x_t)
 
   ``GroupedMLP`` (an FFN per expert, one fused kernel call), ``RoutedStackedMLP`` (a deep MLP per expert, optionally
-  STAR-factored, one grouped GEMM per layer; ``moezoo.moe.stacked``) and ``ModuleExperts`` (any modules, a loop).
+  STAR-factored, one grouped GEMM per layer; ``moezoo.moe.stacked``), ``FiLMExperts`` (feature-modulated experts,
+  MoFME: a scale and a shift per expert, one grouped GEMM) and ``ModuleExperts`` (any modules, a loop).
   The ``MoE`` layer holds one; a hard top-1 choice (a cluster, a task) is a Routing with weight 1.
 - Dense banks run every expert on every token, ``bank(x [T, d]) -> h [E, T, d_out]`` with h_e = f_e(x) (``StackedMLP``
   in ``moezoo.moe.stacked``), for gates that mix precomputed outputs: ``GatedMixture`` (MMoE, PLE, HoME: several
@@ -96,6 +97,46 @@ class GroupedMLP(nn.Module):
     def extra_repr(self) -> str:
         kind = f"{self.activation}-glu" if self.glu else self.activation
         return f"num_experts={self.num_experts}, dim={self.dim}, hidden={self.hidden}, activation={kind}"
+
+
+class FiLMExperts(nn.Module):
+    """E feature-modulated experts (MoFME, Zhang et al. AAAI 2024): each expert is a FiLM of its input (a routed bank).
+
+    FME_e(h) = (h A_e + a_e) * h + (h B_e + b_e), an input-dependent scale and shift of the features;
+    y_t = sum_{(t, e, w) in routing} w * FME_e(h_t). An expert costs 2 d^2 weights where an FFN expert of hidden
+    width 4d costs 8 d^2: MoFME puts the capacity in a shared block before the bank and an adaptor after it (the
+    official code, github.com/RoyZry98/MoFME-Pytorch ``models/moe/film.py``: ``Modular_Experts`` are two
+    ``nn.Linear(dim, dim)``, ``x = conv_product(x) * x + conv_add(x)``). Scale and shift come from one grouped GEMM
+    over the expert-sorted rows (``moezoo.kernels.grouped_mm``) with the stacked ``weight = [A_e | B_e]``.
+
+    Shapes: h [T, d], routing over E experts -> y [T, d]; weight [E, d, 2d], bias [E, 2d].
+    """
+
+    def __init__(self, num_experts: int, dim: int, *, bias: bool = True, backend: str | None = None, device=None,
+                 dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.num_experts, self.dim, self.backend = num_experts, dim, backend
+        self.weight = nn.Parameter(torch.empty(num_experts, dim, 2 * dim, **dd))
+        self.bias = nn.Parameter(torch.empty(num_experts, 2 * dim, **dd)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init_stacked_linear_(self.weight, self.bias)
+
+    def forward(self, h: torch.Tensor, routing: Routing) -> torch.Tensor:
+        order, offsets = kernels.sort_by_expert(routing.expert_index, self.num_experts)
+        tokens, experts = routing.token_index[order], routing.expert_index[order]
+        rows = h[tokens]
+        film = kernels.grouped_mm(rows, self.weight, offsets, backend=self.backend)
+        if self.bias is not None:
+            film = film + self.bias[experts].to(film.dtype)
+        scale, shift = film.chunk(2, dim=-1)
+        out = (scale * rows + shift) * routing.weight[order].unsqueeze(-1).to(film.dtype)
+        return out.new_zeros(h.shape[0], self.dim).index_add(0, tokens, out)
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, dim={self.dim}"
 
 
 class ModuleExperts(nn.Module):

@@ -149,6 +149,13 @@ class Router(nn.Module):
         """
         raise NotImplementedError
 
+    def calibrate(self, x: torch.Tensor, probs: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        """The gate values [T, S] that choose and weight the experts, from the router's scores ``probs`` of the
+        tokens ``x`` (``allowed`` [T, S]: the experts each token's group may use, or None). The scores themselves
+        here; the uncertainty-aware router (``moezoo.moe.uncertainty``) calibrates them. The aux losses and the
+        statistics keep seeing ``probs``."""
+        return probs
+
     def within_capacity(self, token_index: torch.Tensor, slot_index: torch.Tensor,
                         scores: torch.Tensor) -> torch.Tensor | None:
         """Which of the chosen assignments the experts' capacity keeps ([A] bool), or None where nothing is dropped.
@@ -188,8 +195,9 @@ class Router(nn.Module):
         elif group is not None:
             raise ValueError("group ids were given but this router has no expert_groups")
         probs = self.scores(logits)
-        scores = probs + self.expert_bias if self.bias_update_rate > 0 else probs
-        token_index, slot_index, weight, dropped = self.select(probs, scores)
+        gate = self.calibrate(x, probs, allowed)
+        scores = gate + self.expert_bias if self.bias_update_rate > 0 else gate
+        token_index, slot_index, weight, dropped = self.select(gate, scores)
         if not self.weighted:
             weight = torch.ones_like(weight)
         if allowed is not None:  # routers that choose tokens (expert choice) may pick a token outside its group

@@ -1,5 +1,6 @@
 """Expert banks against their formulas on tiny tensors: stacked experts one by one, BN per expert, activations by name,
-the routed (and STAR-factored) stacked bank, sparse upcycling, and building on the meta device."""
+the routed (and STAR-factored) stacked bank, feature-modulated (FiLM) experts, sparse upcycling, and building on the
+meta device."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from moezoo.kernels.activations import ACTIVATIONS, ALIASES, activation
 from moezoo.moe import (
     DenseMLP,
+    FiLMExperts,
     GroupedMLP,
     ModuleExperts,
     MoE,
@@ -190,6 +192,7 @@ META_BANKS = {
     "stacked": lambda **dd: StackedMLP(HUGE, HUGE, [HUGE, HUGE], batch_norm=True, **dd),
     "routed_factored": lambda **dd: RoutedStackedMLP(HUGE, HUGE, [HUGE, HUGE], factored=True, **dd),
     "dense": lambda **dd: DenseMLP(HUGE, HUGE * HUGE, **dd),
+    "film": lambda **dd: FiLMExperts(HUGE, HUGE, **dd),
     "moe_args": lambda **dd: MoEArgs(num_experts=HUGE, num_shared_experts=2).build(HUGE, HUGE, **dd),
 }
 
@@ -208,6 +211,7 @@ SMALL_BANKS = {
     "routed": lambda **dd: RoutedStackedMLP(3, 4, [5, 2], **dd),
     "routed_factored": lambda **dd: RoutedStackedMLP(3, 4, [5, 2], factored=True, **dd),
     "dense": lambda **dd: DenseMLP(4, 5, **dd),
+    "film": lambda **dd: FiLMExperts(3, 4, **dd),
     "module_experts": lambda **dd: ModuleExperts([nn.Linear(4, 2, **dd) for _ in range(3)]),
 }
 
