@@ -22,6 +22,7 @@ import torch
 
 from moezoo.errors import MoezooError
 
+from . import flops as _flops  # noqa: F401  (registers the grouped GEMM's FLOP formula)
 from . import moe_mlp as _reference_moe_mlp
 from . import ops
 from . import reference as _reference
