@@ -19,6 +19,7 @@ FAMILY_DEMOS = {
     "ctr": "moezoo.demos.ctr",
     "dit": "moezoo.demos.dit",
     "acoustic": "moezoo.demos.acoustic",
+    "deweather": "moezoo.demos.deweather",
 }
 
 

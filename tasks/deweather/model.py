@@ -81,7 +81,7 @@ class DeweatherModel(TaskModule):
                                  mlp_ratio=mlp_ratio, global_residual=global_residual,
                                  balance_loss_weight=balance_loss_weight, uar_samples=uar_samples,
                                  uar_dropout=uar_dropout)
-        self._drawn = None  # the first validation images of the epoch, for its triptych
+        self._drawn = []  # validation images of the epoch for its triptych: (degraded, restored, clean, weather)
         self._perceptual = [None]  # held outside the module tree: the frozen VGG is not part of the checkpoint
         self.metrics = nn.ModuleDict({
             f"{stage}_{metric}_{weather}": MeanMetric()
@@ -116,10 +116,18 @@ class DeweatherModel(TaskModule):
                  on_epoch=True, batch_size=size)
         if stage != "train":
             self._update_quality(stage, degraded, restored, clean, weather)
-            if stage == "val" and not self._drawn and self.hparams.triptychs > 0:
-                n = self.hparams.triptychs
-                self._drawn = (degraded[:n].detach(), restored[:n].detach().clamp(0, 1), clean[:n].detach())
+            if stage == "val":
+                self._keep_for_triptych(degraded, restored, clean, weather)
         return loss
+
+    def _keep_for_triptych(self, degraded, restored, clean, weather) -> None:
+        """Keep the first image of each weather type met (then any) until ``triptychs`` images are kept."""
+        for i, w in enumerate(weather.tolist()):
+            if len(self._drawn) >= self.hparams.triptychs:
+                return
+            seen = {kept[3] for kept in self._drawn}
+            if w not in seen or len(seen) == len(self.weather_names):
+                self._drawn.append((degraded[i].detach(), restored[i].detach().clamp(0, 1), clean[i].detach(), w))
 
     def _update_quality(self, stage, degraded, restored, clean, weather) -> None:
         psnr, ssim = image_quality(restored, clean)
@@ -141,16 +149,22 @@ class DeweatherModel(TaskModule):
 
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
-        self._drawn = None
+        self._drawn = []
 
     def on_validation_epoch_end(self):
         super().on_validation_epoch_end()
         self._log_quality("val")
-        if self._drawn is not None and not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            degraded, restored, clean = self._drawn
-            maps = self.expert_map(degraded) if self.is_mixture else None
+        if self._drawn and not self.trainer.sanity_checking and self.trainer.is_global_zero:
             path = Path(self.trainer.default_root_dir) / "triptychs" / f"epoch_{self.current_epoch:03d}.png"
-            save_triptychs(path, degraded, restored, clean, maps, self.hparams.num_experts)
+            self.save_triptychs(path, self._drawn)
+
+    def save_triptychs(self, path: Path, kept) -> Path:
+        """Draw kept (degraded, restored, clean, weather) images, each with its expert map, into one PNG."""
+        rows = []
+        for degraded, restored, clean, _ in kept:
+            experts = self.expert_map(degraded[None])[0] if self.is_mixture else None
+            rows.append((degraded, restored, clean, experts))
+        return save_triptychs(path, rows, self.hparams.num_experts)
 
     def on_test_epoch_end(self):
         super().on_test_epoch_end()

@@ -7,7 +7,8 @@
             (``layers.make_ffn``: dense, E FFN experts, or MoFME), then LayerNorm
     tail:   Linear(d -> 4C p^2), pixel shuffle by p                       [B, 4C, H, W]
             ResBlock, Conv(4C -> 2C), ResBlock, Conv(2C -> 3)
-    out:    x + tail (``global_residual``) or sigmoid(tail) (the official default, ``--disable-residual``)
+    out:    x + tail (``global_residual``; the tail's last conv starts at 0, so the restorer starts as the
+            identity) or sigmoid(tail) (the official default, ``--disable-residual``)
 
 Images whose sides are not multiples of p are edge-padded and cropped back. The official code uses C = 32,
 p = 8, d = 384, depth 2, 8 heads; the CPU defaults here are smaller (``configs/deweather``).
@@ -44,6 +45,9 @@ class Restorer(nn.Module):
         self.unpatch = nn.Linear(dim, 4 * c * patch_size**2)
         self.tail = nn.Sequential(ResBlock(4 * c), nn.Conv2d(4 * c, 2 * c, 3, padding=1), ResBlock(2 * c),
                                   nn.Conv2d(2 * c, 3, 3, padding=1))
+        if global_residual:  # start as the identity: the first steps learn the correction, not to undo noise
+            nn.init.zeros_(self.tail[-1].weight)
+            nn.init.zeros_(self.tail[-1].bias)
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """The (rows, columns) of patch tokens of an image of this size (after padding)."""

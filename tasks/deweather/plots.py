@@ -31,24 +31,25 @@ def _rgb(image: torch.Tensor) -> np.ndarray:
     return image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
-def save_triptychs(path: Path, degraded: torch.Tensor, restored: torch.Tensor, clean: torch.Tensor,
-                   experts: torch.Tensor | None = None, num_experts: int = 0) -> Path:
-    """One row per image: input | restored | clean (| expert map over the input), as a PNG at ``path``."""
+def save_triptychs(path: Path, rows, num_experts: int = 0) -> Path:
+    """One row per (degraded, restored, clean, experts or None) image [3, H, W] (experts [rows, cols]): input |
+    restored | clean (| the expert map over the input), as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = ["input", "restored", "clean"] + (["experts"] if experts is not None else [])
-    n = degraded.shape[0]
-    fig, axes = plt.subplots(n, len(columns), figsize=(2.2 * len(columns), 2.2 * n), squeeze=False)
-    for i in range(n):
-        panels = [_rgb(degraded[i]), _rgb(restored[i]), _rgb(clean[i])]
+    with_map = any(row[3] is not None for row in rows)
+    columns = ["input", "restored", "clean"] + (["experts"] if with_map else [])
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.2 * len(rows)), squeeze=False)
+    for i, (degraded, restored, clean, experts) in enumerate(rows):
+        panels = [_rgb(degraded), _rgb(restored), _rgb(clean)]
         if experts is not None:
-            overlay = expert_map_rgb(experts[i], degraded.shape[-2:], num_experts) / 255.0
+            overlay = expert_map_rgb(experts, degraded.shape[-2:], num_experts) / 255.0
             panels.append(0.45 * panels[0] + 0.55 * overlay)
         for j, panel in enumerate(panels):
             axes[i, j].imshow(panel)
+        for j in range(len(columns)):
             axes[i, j].set_axis_off()
             if i == 0:
                 axes[i, j].set_title(columns[j], fontsize=9)

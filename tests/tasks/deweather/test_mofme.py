@@ -77,10 +77,9 @@ def test_the_global_residual_adds_the_tail_to_the_input_and_without_it_the_outpu
     bounded = _small("mofme", global_residual=False).eval()(image)
     assert bounded.min() > 0 and bounded.max() < 1
     residual = _small("mofme").eval()
-    last = residual.restorer.tail[-1]
-    torch.nn.init.zeros_(last.weight)
-    torch.nn.init.zeros_(last.bias)
-    assert torch.equal(residual(image), image)  # out = x + tail(...): a zero tail returns the input
+    assert torch.equal(residual(image), image)  # out = x + tail(...), the tail's last conv starts at 0: the identity
+    torch.nn.init.normal_(residual.restorer.tail[-1].bias)
+    assert torch.allclose(residual(image) - image, residual.restorer.tail[-1].bias.view(1, 3, 1, 1).expand_as(image))
 
 
 def test_the_expert_map_names_the_highest_weight_expert_of_every_patch_token():
