@@ -114,8 +114,9 @@ def fit_and_test(variant: str, seed: int, args, scratch: Path) -> dict:
 def quality(args) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(args.keep) if args.keep else Path(tmp)
         for variant in args.variants:
-            cells = [fit_and_test(variant, seed, args, Path(tmp)) for seed in range(args.seeds)]
+            cells = [fit_and_test(variant, seed, args, runs) for seed in range(args.seeds)]
             keys = sorted({k for c in cells for k in c if k != "seed" and isinstance(c.get(k), (int, float))})
             summary = {}
             for key in keys:
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--real", help="a folder of real pairs to test each fit on (e.g. ../shared/data/weather)")
+    parser.add_argument("--keep", help="keep the runs (checkpoints, triptychs, metrics) in this folder")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further CLI flags for every fit")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
