@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-VARIANTS = ["dense", "moe", "mofme", "mofme-uar"]
-SETTINGS = {"dense": ("dense", "topk"), "moe": ("moe", "topk"), "mofme": ("mofme", "topk"),
-            "mofme-uar": ("mofme", "uncertainty")}
+from moezoo.tasks.deweather.layers import VARIANTS as SETTINGS
+
+VARIANTS = list(SETTINGS)
 
 
 def build(variant: str, args):

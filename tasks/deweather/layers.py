@@ -23,6 +23,8 @@ from moezoo.moe import DenseMLP, FiLMExperts, GroupedMLP, MoE, TopKRouter, Uncer
 
 FFNS = ("dense", "moe", "mofme")
 ROUTERS = ("topk", "uncertainty")
+VARIANTS = {"dense": ("dense", "topk"), "moe": ("moe", "topk"), "mofme": ("mofme", "topk"),
+            "mofme-uar": ("mofme", "uncertainty")}  # registered variant -> (ffn, router), as in configs/deweather
 
 
 class ResBlock(nn.Module):

@@ -10,6 +10,7 @@ validation epoch writes input | restored | clean triptychs and, for a mixture, t
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -178,6 +179,16 @@ class DeweatherModel(TaskModule):
     def moe_layers(self) -> list[MoE]:
         return [m for m in self.restorer.modules() if isinstance(m, MoE)]
 
+    @contextmanager
+    def evaluating(self):
+        """Eval mode inside the block (the deterministic router, no dropout); the previous mode after it."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     @torch.no_grad()
     def expert_map(self, degraded: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """The expert of highest gate weight for each patch token of an MoE layer (the last by default), as a map
@@ -186,10 +197,8 @@ class DeweatherModel(TaskModule):
         seen = []
         handle = moe.router.register_forward_hook(lambda module, args, out: seen.append(out))
         try:
-            was_training = self.training
-            self.eval()
-            self(degraded)
-            self.train(was_training)
+            with self.evaluating():
+                self(degraded)
         finally:
             handle.remove()
         routing = seen[-1]
@@ -205,9 +214,7 @@ class DeweatherModel(TaskModule):
     def restore(self, degraded: torch.Tensor, tile: int | None = None, overlap: int = 32) -> torch.Tensor:
         """Restore images [B, 3, H, W] whole, or (``tile``) in overlapping tiles of that side averaged where they
         overlap: attention over a whole large image costs memory quadratic in its tokens."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             height, width = degraded.shape[-2:]
             if tile is None or (height <= tile and width <= tile):
                 return self(degraded).clamp(0, 1)
@@ -224,5 +231,3 @@ class DeweatherModel(TaskModule):
                     out[window] += self(degraded[window]).clamp(0, 1)
                     count[window] += 1
             return out / count
-        finally:
-            self.train(was_training)

@@ -10,11 +10,8 @@ from torchvision.models import vgg16
 from moezoo.errors import MoezooError
 from moezoo.moe import FiLMExperts, MoE, TopKRouter, UncertaintyRouter, aux_loss
 from moezoo.tasks.deweather import DeweatherModel
-from moezoo.tasks.deweather.layers import FMELayer, make_ffn
+from moezoo.tasks.deweather.layers import VARIANTS, FMELayer, make_ffn
 from moezoo.tasks.deweather.perceptual import PerceptualLoss
-
-VARIANTS = {"dense": ("dense", "topk"), "moe": ("moe", "topk"), "mofme": ("mofme", "topk"),
-            "mofme-uar": ("mofme", "uncertainty")}
 
 
 def _small(name: str, **kwargs) -> DeweatherModel:
