@@ -29,6 +29,7 @@ from .stats import (
     take_expert_load,
 )
 from .uncertainty import UncertaintyRouter
+from .upcycle import upcycle
 
 __all__ = [
     "DenseMLP",
@@ -68,4 +69,5 @@ __all__ = [
     "routing_stats",
     "switch_load_balancing_loss",
     "take_expert_load",
+    "upcycle",
 ]

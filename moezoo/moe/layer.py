@@ -13,7 +13,7 @@ class MoE(nn.Module):
 
     Takes tokens x [..., d] and returns [..., d_out]. Keywords some families need and others ignore:
     ``router_input`` [..., d_r] (what the router sees, when it differs from x), ``group`` [...] (a group id per token
-    restricting its experts), ``condition`` (per-sample information for the router).
+    restricting its experts; -1: not routed), ``condition`` (per-sample information for the router).
 
     Every real forward in training mode records the router's aux losses on this layer (collected and cleared by
     ``moezoo.moe.aux_loss(model)``; those of its latest ``record.max_pending`` forwards wait, older ones are dropped);

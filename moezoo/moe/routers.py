@@ -43,6 +43,8 @@ class Router(nn.Module):
             rank experts alike, so a top-k choice is the same; they differ in the weights and the balance loss.
         expert_groups: for grouped routing, ``expert_groups[g]`` lists the experts tokens of group g may use. With a
             single group the mask is static (every token may use only those experts) and ``group`` may be omitted.
+            A group id of -1 routes the token nowhere (padding): it gets no expert, no score and no part in the
+            balancing losses, and keeps only the residual.
         num_null_experts: extra slots that produce no output (AdaMoE), so a token may use fewer experts. Where a
             router renormalises its chosen weights, it does so over the chosen *true* experts only (AdaMoE's
             official code, github.com/CengZihao/AdaMoE ``exp_2/LLaMA_Factory/src/llamafactory/model/
@@ -141,11 +143,13 @@ class Router(nn.Module):
         return self.num_slots - self.num_experts
 
     # -- what subclasses implement -------------------------------------------------------------------------------
-    def select(self, probs: torch.Tensor, scores: torch.Tensor):
+    def select(self, probs: torch.Tensor, scores: torch.Tensor, allowed: torch.Tensor | None = None):
         """Return (token_index, expert_index, weight, dropped or None) over slots, from probs [T, S]: the router's
         choice, before any capacity (``within_capacity``).
 
         ``scores`` are the probs plus the balancing bias: use them to choose, and ``probs`` for the weights.
+        ``allowed`` [T, S] (grouped routing, else None): the slots each token may use. A router that chooses tokens
+        uses it to choose within each group; any pick outside it is dropped after ``select``.
         """
         raise NotImplementedError
 
@@ -183,29 +187,40 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor, *, group: torch.Tensor | None = None, condition=None) -> Routing:
         logits = self.gate_logits(x)
-        allowed, record_group = None, group
+        allowed, record_group, unrouted = None, group, None
         if self.group_mask is not None:
             if group is None and self.group_mask.shape[0] == 1:  # a static mask: no grouping to report
                 allowed = self.group_mask[0].expand(x.shape[0], -1)
             elif group is None:
                 raise ValueError("this router has expert_groups: pass group=<group id per token>")
             else:
-                allowed = self.group_mask[group]
-            logits = logits.masked_fill(~allowed, float("-inf"))
+                routed = group >= 0  # group -1: a token routed nowhere (padding), it keeps only the residual
+                allowed = self.group_mask[group.clamp_min(0)] & routed[:, None]
+                if not bool(routed.all()):
+                    unrouted = ~routed
+            # an unrouted token's row stays finite (a row of -inf has no softmax); its scores are zeroed below
+            blocked = ~allowed if unrouted is None else ~allowed & routed[:, None]
+            logits = logits.masked_fill(blocked, float("-inf"))
         elif group is not None:
             raise ValueError("group ids were given but this router has no expert_groups")
         probs = self.scores(logits)
+        if unrouted is not None:
+            probs = probs.masked_fill(unrouted[:, None], 0.0)
         gate = self.calibrate(x, probs, allowed)
         scores = gate + self.expert_bias if self.bias_update_rate > 0 else gate
-        token_index, slot_index, weight, dropped = self.select(gate, scores)
+        token_index, slot_index, weight, dropped = self.select(gate, scores, allowed)
         if not self.weighted:
             weight = torch.ones_like(weight)
-        if allowed is not None:  # routers that choose tokens (expert choice) may pick a token outside its group
+        if allowed is not None:  # drop any pick outside a token's group (a token choice of an unrouted token)
             ok = allowed[token_index, slot_index]
             token_index, slot_index, weight = token_index[ok], slot_index[ok], weight[ok]
 
-        # balancing counts the router's choice, before capacity drops assignments (GShard, Switch)
-        aux_losses = self._aux_losses(logits, probs, slot_index) if self.training else {}
+        # balancing counts the router's choice, before capacity drops assignments (GShard, Switch); over the
+        # routed tokens only
+        aux_losses = {}
+        if self.training:
+            aux_losses = self._aux_losses(logits, probs, slot_index) if unrouted is None else \
+                self._aux_losses(logits[~unrouted], probs[~unrouted], slot_index)
         keep = self.within_capacity(token_index, slot_index, scores)
         if keep is not None:
             dropped = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -306,7 +321,7 @@ class TopKRouter(Router):
     def capacity(self, num_tokens: int) -> int:
         return math.ceil(self.capacity_factor * num_tokens * self.k / self.num_slots)
 
-    def select(self, probs, scores):
+    def select(self, probs, scores, allowed=None):
         top_index = scores.topk(self.k, dim=-1).indices
         top_weight = probs.gather(1, top_index)
         if self.normalize:
@@ -338,6 +353,8 @@ class ExpertChoiceRouter(Router):
     gets exactly C tokens (perfect balance by construction); a token may get any number of experts, including none.
     With ``tokens_per_sample`` S_n (EC-DiT: the tokens of one image), the choice is made within each sample: the
     T = B * S_n tokens are B consecutive samples and each expert takes its top C = ceil(S_n * c / E) of every sample.
+    With ``expert_groups`` (MoMa's modality groups) the choice is made within each group at that group's capacity
+    (``_select_in_groups``): C_G = ceil(T_G * c / |E_G|) of the group's own T_G tokens.
     """
 
     def __init__(self, dim: int, num_experts: int, capacity_factor: float = 1.0, *,
@@ -349,13 +366,15 @@ class ExpertChoiceRouter(Router):
     def capacity(self, num_tokens: int) -> int:
         return min(num_tokens, math.ceil(num_tokens * self.capacity_factor / self.num_slots))
 
-    def select(self, probs, scores):
+    def select(self, probs, scores, allowed=None):
         num_tokens, num_slots = probs.shape
         per_sample = self.tokens_per_sample or num_tokens
         if num_tokens % per_sample:
             raise ValueError(f"expert choice per sample: {num_tokens} tokens are not whole samples of "
                              f"tokens_per_sample={per_sample}")
         samples = num_tokens // per_sample
+        if allowed is not None:
+            return self._select_in_groups(probs, scores, allowed, samples, per_sample)
         capacity = self.capacity(per_sample)
         by_sample = scores.view(samples, per_sample, num_slots).transpose(1, 2)  # [B, S, n] -> [B, E, n]
         top = by_sample.topk(capacity, dim=-1).indices  # [B, E, C], token index within its sample
@@ -363,6 +382,41 @@ class ExpertChoiceRouter(Router):
         weight = probs.t().gather(1, token_index.transpose(0, 1).reshape(num_slots, -1))  # [E, B * C]
         slot_index = torch.arange(num_slots, device=probs.device).repeat_interleave(samples * capacity)
         return token_index.transpose(0, 1).reshape(-1), slot_index, weight.reshape(-1), None
+
+    def _select_in_groups(self, probs, scores, allowed, samples: int, per_sample: int):
+        """Expert choice within each group (MoMa, Lin et al. 2024): the tokens sharing one row of ``allowed`` form
+        a group G with experts E_G; in each sample every expert of E_G takes its top C_G of that group's tokens,
+        C_G = min(T_G, ceil(T_G * c / |E_G|)) with T_G the group's tokens in the sample. So an expert gets its full
+        share of its own group's tokens, however unbalanced the groups are, and never another group's; an expert
+        in several groups takes its share of each. Tokens allowed no expert (unrouted) are not chosen."""
+        device = probs.device
+        patterns, inverse = torch.unique(allowed, dim=0, return_inverse=True)
+        by_sample = scores.view(samples, per_sample, -1)
+        offsets = (torch.arange(samples, device=device) * per_sample)[:, None, None]
+        tokens, slots = [], []
+        for g, pattern in enumerate(patterns):
+            experts = pattern.nonzero().squeeze(1)
+            if experts.numel() == 0:
+                continue
+            member = (inverse == g).view(samples, per_sample)
+            count = member.sum(1)  # [B] the group's tokens in each sample
+            capacity = torch.minimum(count, torch.ceil(count * self.capacity_factor / experts.numel()).long())
+            most = int(capacity.max())
+            if most == 0:
+                continue
+            group_scores = by_sample[:, :, experts].masked_fill(~member[..., None], float("-inf"))
+            top = group_scores.transpose(1, 2).topk(most, dim=-1).indices  # [B, E_G, most]
+            keep = torch.arange(most, device=device) < capacity[:, None, None]  # [B, 1, most]
+            keep = keep.expand_as(top)
+            tokens.append((top + offsets)[keep])
+            slots.append(experts[None, :, None].expand_as(top)[keep])
+        if not tokens:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            return empty, empty, probs.new_zeros(0), None
+        token_index, slot_index = torch.cat(tokens), torch.cat(slots)
+        order = torch.argsort(slot_index, stable=True)  # expert-major, as without groups
+        token_index, slot_index = token_index[order], slot_index[order]
+        return token_index, slot_index, probs[token_index, slot_index], None
 
 
 class TopPRouter(Router):
@@ -390,7 +444,7 @@ class TopPRouter(Router):
         self.normalize = normalize
         self.dynamic_loss_weight = dynamic_loss_weight
 
-    def select(self, probs, scores):
+    def select(self, probs, scores, allowed=None):
         sorted_scores, order = scores.sort(dim=-1, descending=True)
         sorted_probs = probs.gather(1, order)
         mass_before = sorted_probs.cumsum(-1) - sorted_probs
@@ -420,7 +474,7 @@ class SoftRouter(Router):
 
     soft = True
 
-    def select(self, probs, scores):
+    def select(self, probs, scores, allowed=None):
         num_tokens, num_slots = probs.shape
         token_index = torch.arange(num_tokens, device=probs.device).repeat_interleave(num_slots)
         slot_index = torch.arange(num_slots, device=probs.device).repeat(num_tokens)

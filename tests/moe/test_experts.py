@@ -250,3 +250,22 @@ def test_moe_args_build_puts_experts_and_router_gate_in_the_dtype_and_keeps_rout
     assert all(p.dtype == torch.float64 for p in moe.parameters())
     assert moe.router.expert_bias.dtype == moe.router.step_counts.dtype == torch.float32
     assert moe.train()(torch.randn(5, 4, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_upcycle_turns_every_other_dense_ffn_into_copies_and_the_model_computes_the_dense_model():
+    from moezoo.backbones.transformer import MoETransformer
+    from moezoo.moe import upcycle
+
+    torch.manual_seed(0)
+    model = MoETransformer(8, 4, 2, mlp_ratio=2.0, moe_every=0).eval()
+    x = torch.randn(2, 5, 8)
+    before = model(x)
+    names = upcycle(model, MoEArgs(num_experts=4, k=2), every=2)
+    assert names == ["blocks.1.ffn", "blocks.3.ffn"]
+    assert isinstance(model.blocks[1].ffn, MoE) and isinstance(model.blocks[0].ffn, DenseMLP)
+    assert model.blocks[1].ffn.experts.num_experts == 4
+    torch.testing.assert_close(model(x), before)  # all experts copies, top-2 weights renormalised
+    chosen = upcycle(model, MoEArgs(num_experts=2, k=1), select=lambda name, m: name == "blocks.0.ffn")
+    assert chosen == ["blocks.0.ffn"] and isinstance(model.blocks[0].ffn, MoE)
+    with pytest.raises(ValueError, match="every=0"):
+        upcycle(model, MoEArgs(), every=0)
