@@ -1,0 +1,77 @@
+"""The early-fusion transformer: image patches and words in one sequence through the moezoo MoE transformer.
+
+Sequence: [CLS] + the image's patch tokens (timm's ``PatchEmbed``) + the words, each with a learned position and
+a modality embedding. Every token carries a modality id, ``IMAGE`` for the patches and ``TEXT`` for [CLS] and the
+words (MoMa treats special tokens as text); padding words carry -1: they are masked out of attention as keys and
+routed to no expert (the core's group -1). With modality-aware experts the MoE layers route each token within its
+modality's experts (``group`` = modality); an agnostic MoE sees one group of all experts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed
+
+from moezoo.backbones.transformer import MoETransformer
+from moezoo.moe import ExpertChoiceRouter, MoE, MoEArgs
+
+IMAGE, TEXT, PAD = 0, 1, -1
+MODALITIES = ("image", "text")
+
+
+class EarlyFusionTransformer(nn.Module):
+    """Images [B, 3, H, W] and/or word ids [B, L] (0: padding) -> token states [B, N, d], modality ids [B, N].
+
+    ``moe``: the MoE FFN (None: dense), in every ``moe_every``-th block; ``modality_groups``: whether its tokens
+    are routed within their modality's experts (its ``expert_groups``) or all in one group.
+    """
+
+    def __init__(self, *, vocab_size: int, max_text_len: int, image_size: int, patch_size: int, dim: int,
+                 depth: int, num_heads: int, mlp_ratio: float, moe: MoEArgs | None, moe_every: int,
+                 modality_groups: bool, dropout: float = 0.0):
+        super().__init__()
+        self.modality_groups = modality_groups
+        self.patch_embed = PatchEmbed(img_size=image_size, patch_size=patch_size, in_chans=3, embed_dim=dim)
+        self.num_patches = self.patch_embed.num_patches
+        self.max_text_len = max_text_len
+        self.word_embed = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.image_pos = nn.Parameter(torch.randn(1, self.num_patches, dim) * 0.02)
+        self.text_pos = nn.Parameter(torch.randn(1, max_text_len + 1, dim) * 0.02)  # [CLS] and the words
+        self.modality_embed = nn.Embedding(len(MODALITIES), dim)
+        nn.init.normal_(self.modality_embed.weight, std=0.02)
+        nn.init.normal_(self.word_embed.weight, std=0.02)
+        self.encoder = MoETransformer(dim, depth, num_heads, mlp_ratio=mlp_ratio, moe=moe,
+                                      moe_every=moe_every if moe is not None else 0, dropout=dropout)
+
+    def moe_layers(self) -> list[MoE]:
+        return [m for m in self.encoder.modules() if isinstance(m, MoE)]
+
+    def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None):
+        if image is None and text is None:
+            raise ValueError("give an image, a text or both")
+        batch = (image if image is not None else text).shape[0]
+        device = (image if image is not None else text).device
+        tokens = [self.cls_token.expand(batch, -1, -1) + self.text_pos[:, :1]
+                  + self.modality_embed.weight[TEXT]]
+        modality = [torch.full((batch, 1), TEXT, dtype=torch.long, device=device)]
+        if image is not None:
+            patches = self.patch_embed(image) + self.image_pos + self.modality_embed.weight[IMAGE]
+            tokens.append(patches)
+            modality.append(torch.full(patches.shape[:2], IMAGE, dtype=torch.long, device=device))
+        if text is not None:
+            if text.shape[1] > self.max_text_len:
+                raise ValueError(f"text of {text.shape[1]} words; this model reads at most {self.max_text_len}")
+            embedded = self.word_embed(text) + self.text_pos[:, 1 : text.shape[1] + 1] \
+                + self.modality_embed.weight[TEXT]
+            tokens.append(embedded)
+            modality.append(torch.where(text > 0, TEXT, PAD))
+        x, modality = torch.cat(tokens, 1), torch.cat(modality, 1)
+        keys = (modality != PAD)[:, None, None, :]  # [B, 1, 1, N]: padding is no key
+        group = modality if self.modality_groups else torch.where(modality == PAD, PAD, 0)
+        for layer in self.moe_layers():  # expert choice is made within each sequence (and modality group)
+            if isinstance(layer.router, ExpertChoiceRouter):
+                layer.router.tokens_per_sample = x.shape[1]
+        kwargs = {"group": group} if self.moe_layers() else {}
+        return self.encoder(x, attn_mask=keys, **kwargs), modality
