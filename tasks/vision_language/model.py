@@ -195,6 +195,46 @@ class VisionLanguageModel(TaskModule):
         probs = logits.float().softmax(-1)
         return [self.answers[i] for i in probs.argmax(-1).tolist()], probs
 
+    @torch.no_grad()
+    def token_experts(self, image: torch.Tensor, question: str) -> dict:
+        """Which expert took each token of one image [1, 3, H, W] and question, per MoE layer (eval mode).
+
+        Returns {"words": the question's words as read (unknown words as [unk]), "grid": (rows, cols) of the
+        patches, "layers": {layer name: {"patches": long [rows * cols], "words": long [words], "cls": int}}}, where
+        each entry is the expert of highest gate weight for that token and -1 where no expert took it (expert
+        choice may leave a token to the residual alone)."""
+        from .text import UNK, words
+
+        text = self.encode_questions([question]).to(image.device)
+        seen = {}
+        hooks = [layer.router.register_forward_hook(
+            lambda module, args, out, name=name: seen.__setitem__(name, out)) for name, layer in
+            ((n, m) for n, m in self.network.named_modules() if isinstance(m, MoE))]
+        was = self.training
+        self.eval()
+        try:
+            self(image, text)
+        finally:
+            self.train(was)
+            for hook in hooks:
+                hook.remove()
+        length = int((text[0] > 0).sum())
+        patches = self.network.num_patches
+        layers = {}
+        for name, routing in seen.items():
+            best = torch.full((routing.num_tokens,), -1.0, device=routing.weight.device)
+            best = best.scatter_reduce(0, routing.token_index, routing.weight.float(), reduce="amax")
+            top = routing.weight.float() >= best[routing.token_index]
+            expert = torch.full((routing.num_tokens,), -1, dtype=torch.long, device=best.device)
+            expert[routing.token_index[top]] = routing.expert_index[top]
+            expert = expert.cpu()
+            layers[name] = {"cls": int(expert[0]), "patches": expert[1 : 1 + patches],
+                            "words": expert[1 + patches : 1 + patches + length]}
+        index = {w: i for i, w in enumerate(self.vocabulary)}
+        shown = [w if w in index else UNK for w in words(question)][:length]
+        side = self.hparams.image_size // self.hparams.patch_size
+        return {"words": shown, "grid": (side, side), "layers": layers}
+
     # -- steps ----------------------------------------------------------------------------------------------------
     def routing_labels(self, batch, stage):
         """Count each MoE layer's routing by the modality of each token (padding words take no expert)."""

@@ -132,3 +132,17 @@ def test_bad_model_arguments_are_one_line_errors():
         VisionLanguageModel(**{**SMALL, "vocabulary": None})
     with pytest.raises(MoezooError, match="init_from: upcycling needs MoE layers"):
         VisionLanguageModel(**SMALL, init_from="x.ckpt")
+
+
+def test_token_experts_names_the_expert_of_each_patch_and_word_within_its_modality():
+    torch.manual_seed(0)
+    model = VisionLanguageModel(**SMALL, moe_every=1, modality_experts=[2, 2])
+    image = _batch()[0][:1]
+    got = model.token_experts(image, "w1 w2 zebra w3")
+    assert got["words"] == ["w1", "w2", "[unk]", "w3"] and got["grid"] == (4, 4)
+    assert list(got["layers"]) == ["encoder.blocks.0.ffn", "encoder.blocks.1.ffn"]
+    for layer in got["layers"].values():
+        assert layer["patches"].shape == (16,) and layer["words"].shape == (4,)
+        assert set(layer["patches"].tolist()) <= {-1, 0, 1} and set(layer["words"].tolist()) <= {-1, 2, 3}
+        assert (layer["patches"] >= 0).sum() >= 8  # two image experts of capacity 8 each
+    assert model.training  # the mode comes back
