@@ -133,6 +133,9 @@ def _export(argv: list[str]) -> None:
     parser.add_argument("--task", default=None, help="the task variant (default: the one the run recorded)")
     parser.add_argument("--data", default=None, help="the model card's data and licence paragraph")
     parser.add_argument("--license", default="mit", help="the weights' licence (a Hub licence id; default mit)")
+    parser.add_argument("--dtype", default=None, choices=["float16", "bfloat16"],
+                        help="store the floating-point weights in this dtype (half the download; loading casts them "
+                             "back to the model's float32)")
     args = parser.parse_args(argv)
     if args.task is not None:
         from moezoo.registry import resolve_task
@@ -140,7 +143,8 @@ def _export(argv: list[str]) -> None:
         resolve_task(args.task)  # an unknown name lists the valid ones
     from moezoo.hub import export_checkpoint
 
-    out = export_checkpoint(args.ckpt_path, args.to, task=args.task, data=args.data, license=args.license)
+    out = export_checkpoint(args.ckpt_path, args.to, task=args.task, data=args.data, license=args.license,
+                            dtype=args.dtype)
     print(out)
 
 

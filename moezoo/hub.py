@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from moezoo.errors import MoezooError
@@ -240,11 +241,13 @@ def checkpoint_run(ckpt_path: str | Path) -> dict:
 
 
 def export_checkpoint(ckpt_path: str | Path, to: str | Path, *, task: str | None = None, data: str | None = None,
-                      license: str = "mit") -> Path:
+                      license: str = "mit", dtype: str | None = None) -> Path:
     """Turns a Lightning checkpoint of ``moezoo fit`` into a hub folder ``to`` (``moezoo export``); returns it.
 
     The model is rebuilt by ``load_checkpoint``. The run directory's ``metrics.json`` gives the task variant, the
     command and, when this is the checkpoint they were measured on (its best one), the metrics of the model card.
+    ``dtype`` (``float16`` / ``bfloat16``) stores the floating-point tensors in that dtype (``from_pretrained``
+    casts them back into the float32 model); the card then says its metrics are the float32 checkpoint's.
     """
     model = load_checkpoint(ckpt_path)
     ckpt = Path(ckpt_path).expanduser()
@@ -256,6 +259,12 @@ def export_checkpoint(ckpt_path: str | Path, to: str | Path, *, task: str | None
         raise MoezooError(f"--task {task}: {ckpt} was trained as {record['task']}")
     card = {"metrics": {k: v for k, v in record.items() if k.startswith(("test/", "val/"))} if measured else None,
             "command": record.get("command"), "data": data, "license": license}
+    if dtype is not None:
+        if dtype not in ("float16", "bfloat16"):
+            raise MoezooError(f"--dtype {dtype}: must be float16 or bfloat16")
+        model.to(getattr(torch, dtype))
+        card["description"] = (f"Weights stored in {dtype} (loading casts them back to float32); the metrics below "
+                               "were measured on the float32 checkpoint.")
     out = Path(to).expanduser()
     (out / CARD_NAME).unlink(missing_ok=True)  # the mixin keeps an existing card: this export writes its own
     model.save_pretrained(out, model_card_kwargs=card)

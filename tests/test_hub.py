@@ -163,3 +163,22 @@ def test_a_model_built_in_python_saves_and_loads_and_one_with_an_object_argument
     assert loaded.hparams["_class_path"].endswith("ImageClassifier"), "hyper-parameters as the CLI gives them"
     with pytest.raises(MoezooError, match="from_pretrained: unexpected arguments num_classes"):
         ImageClassifier.from_pretrained(tmp_path / "py", num_classes=3)
+
+
+def test_an_export_in_float16_halves_the_file_and_loads_back_into_the_float32_model(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    best = json.loads((trained["image-classification"] / "metrics.json").read_text())["best_model_path"]
+    main(["export", "--ckpt_path", best, "--to", str(tmp_path / "full")])
+    main(["export", "--ckpt_path", best, "--to", str(tmp_path / "half"), "--dtype", "float16"])
+    full, half = (tmp_path / n / WEIGHTS_NAME for n in ("full", "half"))
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    stored = load_file(half)
+    assert all(t.dtype == torch.float16 for t in stored.values() if t.is_floating_point())
+    model = TaskModule.from_pretrained(tmp_path / "half")
+    reference = TaskModule.from_pretrained(tmp_path / "full")
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            assert value.dtype == torch.float32
+            torch.testing.assert_close(value, reference.state_dict()[name].half().float(), rtol=0, atol=0)
+    assert "stored in float16" in (tmp_path / "half" / "README.md").read_text()
