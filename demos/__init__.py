@@ -20,6 +20,7 @@ FAMILY_DEMOS = {
     "dit": "moezoo.demos.dit",
     "acoustic": "moezoo.demos.acoustic",
     "deweather": "moezoo.demos.deweather",
+    "vl": "moezoo.demos.vision_language",
 }
 
 

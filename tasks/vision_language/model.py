@@ -28,7 +28,7 @@ from moezoo.errors import MoezooError
 from moezoo.moe import MoE, MoEArgs, upcycle
 from moezoo.training import TaskModule
 
-from .network import IMAGE, MODALITIES, PAD, EarlyFusionTransformer
+from .network import IMAGE, MODALITIES, PAD, STEMS, EarlyFusionTransformer
 from .text import encode
 
 HEADS = ("vqa", "retrieval")
@@ -51,6 +51,7 @@ class VisionLanguageModel(TaskModule):
         vocabulary, answers, max_text_len: the word vocabulary, the answer vocabulary and the words read per text
             (linked from the data module; saved with the model, so a demo encodes as training did).
         image_size, patch_size, dim, depth, num_heads, mlp_ratio, dropout: the transformer.
+        stem: the patch tokens' stem, ``conv`` (a small convolution stem) or ``patch`` (timm's PatchEmbed).
         moe_every: an MoE FFN in every ``moe_every``-th block (0: dense).
         num_experts, router, k, capacity_factor, score, balance_loss_weight: the MoE layers (``router``:
             ``expert_choice`` as MoMa, or ``top_k`` as MoE-LLaVA; ``k`` and a capacity for top-k).
@@ -69,7 +70,8 @@ class VisionLanguageModel(TaskModule):
     monitor_mode = "max"
 
     def __init__(self, head: str = "vqa", vocabulary: list[str] | None = None, answers: list[str] | None = None,
-                 max_text_len: int = 16, image_size: int = 64, patch_size: int = 8, dim: int = 128, depth: int = 4,
+                 max_text_len: int = 16, image_size: int = 64, patch_size: int = 16,
+                 stem: str = "conv", dim: int = 128, depth: int = 4,
                  num_heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0, moe_every: int = 0,
                  num_experts: int = 4, router: str = "expert_choice", k: int = 2,
                  capacity_factor: float | None = 1.0, score: str = "sigmoid", balance_loss_weight: float = 0.0,
@@ -77,6 +79,10 @@ class VisionLanguageModel(TaskModule):
                  embed_dim: int = 128,
                  lr: float = 1e-3, weight_decay: float = 0.05, warmup_epochs: float = 0.5, cosine: bool = True):
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, cosine=cosine)
+        if stem not in STEMS:
+            raise MoezooError(f"model.init_args.stem: {stem!r} is not one of {', '.join(STEMS)}")
+        if stem == "conv" and patch_size % 4:
+            raise MoezooError(f"model.init_args.patch_size: a conv stem needs a multiple of 4, got {patch_size}")
         if head not in HEADS:
             raise MoezooError(f"model.init_args.head: {head!r} is not one of {', '.join(HEADS)}")
         if router not in ROUTERS:
@@ -105,7 +111,7 @@ class VisionLanguageModel(TaskModule):
         self.network = EarlyFusionTransformer(
             vocab_size=len(vocabulary), max_text_len=max_text_len, image_size=image_size, patch_size=patch_size,
             dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, moe=self.moe_args(),
-            moe_every=moe_every, modality_groups=modality_experts is not None, dropout=dropout)
+            moe_every=moe_every, modality_groups=modality_experts is not None, dropout=dropout, stem=stem)
         if head == "vqa":
             self.classifier = nn.Linear(dim, len(self.answers))
         else:
@@ -143,7 +149,7 @@ class VisionLanguageModel(TaskModule):
         it, each MoE layer's experts copies of the dense FFN it replaces. Returns the upcycled layers' names."""
         dense = load_dense(source)
         mine, theirs = self.hparams, dense.hparams
-        for key in ("head", "vocabulary", "answers", "max_text_len", "image_size", "patch_size", "dim", "depth",
+        for key in ("head", "vocabulary", "answers", "max_text_len", "image_size", "patch_size", "stem", "dim", "depth",
                     "num_heads", "mlp_ratio"):
             if mine[key] != theirs[key]:
                 shown = theirs[key] if not isinstance(theirs[key], list) else f"{len(theirs[key])} entries"

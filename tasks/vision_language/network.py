@@ -20,19 +20,46 @@ IMAGE, TEXT, PAD = 0, 1, -1
 MODALITIES = ("image", "text")
 
 
+class ConvStem(nn.Module):
+    """Patch tokens from a small convolution stem (Xiao et al. 2021, "Early Convolutions Help Transformers See
+    Better"): two 3x3 stride-2 convolutions with GELU, then a ``patch_size / 4`` stride convolution to ``dim``;
+    images [B, 3, H, W] -> [B, (H / p) * (W / p), dim], the same grid as a ``patch_size`` PatchEmbed."""
+
+    def __init__(self, image_size: int, patch_size: int, dim: int):
+        super().__init__()
+        if patch_size % 4 or patch_size < 4:
+            raise ValueError(f"a conv stem needs patch_size a multiple of 4, got {patch_size}")
+        width = max(8, dim // 4)
+        self.proj = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * width, dim, patch_size // 4, stride=patch_size // 4))
+        self.num_patches = (image_size // patch_size) ** 2
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.proj(image).flatten(2).transpose(1, 2)
+
+
+STEMS = ("patch", "conv")
+
+
 class EarlyFusionTransformer(nn.Module):
     """Images [B, 3, H, W] and/or word ids [B, L] (0: padding) -> token states [B, N, d], modality ids [B, N].
 
+    ``stem``: ``patch`` (timm's ``PatchEmbed``, a linear projection of each patch) or ``conv`` (``ConvStem``).
     ``moe``: the MoE FFN (None: dense), in every ``moe_every``-th block; ``modality_groups``: whether its tokens
     are routed within their modality's experts (its ``expert_groups``) or all in one group.
     """
 
     def __init__(self, *, vocab_size: int, max_text_len: int, image_size: int, patch_size: int, dim: int,
                  depth: int, num_heads: int, mlp_ratio: float, moe: MoEArgs | None, moe_every: int,
-                 modality_groups: bool, dropout: float = 0.0):
+                 modality_groups: bool, dropout: float = 0.0, stem: str = "patch"):
         super().__init__()
         self.modality_groups = modality_groups
-        self.patch_embed = PatchEmbed(img_size=image_size, patch_size=patch_size, in_chans=3, embed_dim=dim)
+        if stem == "conv":
+            self.patch_embed = ConvStem(image_size, patch_size, dim)
+        else:
+            self.patch_embed = PatchEmbed(img_size=image_size, patch_size=patch_size, in_chans=3, embed_dim=dim)
         self.num_patches = self.patch_embed.num_patches
         self.max_text_len = max_text_len
         self.word_embed = nn.Embedding(vocab_size, dim, padding_idx=0)

@@ -143,7 +143,11 @@ def index_images(folder: Path) -> dict[int, Path]:
     for path in sorted(folder.iterdir()):
         match = re.search(r"(\d+)$", path.stem)
         if path.suffix.lower() in IMAGE_SUFFIXES and match:
-            found.setdefault(int(match.group(1)), path)
+            image_id = int(match.group(1))
+            if image_id in found:
+                raise MoezooError(f"{folder}: two images for image_id {image_id}: {found[image_id].name} and "
+                                  f"{path.name}")
+            found[image_id] = path
     return found
 
 
@@ -152,16 +156,19 @@ def vqa_v2_questions(questions: Path, images: Path, annotations: Path | None = N
     questions, images = Path(questions), Path(images)
     entries = _entries(_read_json(questions), "questions", questions)
     by_image = index_images(images)
-    read = []
+    read, ids = [], set()
     for n, entry in enumerate(entries):
         qid = _field(entry, "question_id", questions, f"question #{n}", int)
         image_id = _field(entry, "image_id", questions, f"question {qid}", int)
         text = _field(entry, "question", questions, f"question {qid}", str)
         if not text.strip():
             raise MoezooError(f"{questions}: question {qid} is empty")
+        if qid in ids:
+            raise MoezooError(f"{questions}: question_id {qid} is listed twice")
         if image_id not in by_image:
             raise MoezooError(f"{questions}: question {qid}: no image for image_id {image_id} in {images}")
         read.append((qid, image_id, text.strip()))
+        ids.add(qid)
     answers: dict[int, tuple[str, ...]] = {}
     if annotations is not None:
         annotations = Path(annotations)
