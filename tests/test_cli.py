@@ -60,8 +60,14 @@ def test_tasks_lists_every_variant_with_its_description(capsys):
     assert all(listed.values()), "every packaged YAML starts with a description comment"
 
 
+# variants that start from another run's weights: their family's CLI test trains that run first
+STARTS_FROM = {"vl/moe-llava": "upcycles a vl/dense checkpoint (tests/tasks/vision_language/test_vl_cli.py)"}
+
+
 @pytest.mark.parametrize("task", sorted(list_tasks()))
 def test_every_registered_variant_fits_through_the_cli(task, tmp_path):
+    if task in STARTS_FROM:
+        pytest.skip(STARTS_FROM[task])
     metrics = _run(tmp_path, "fit", "--task", task, "--trainer.fast_dev_run", "1",
                    "--trainer.enable_progress_bar", "false")
     assert metrics["global_step"] == 1
