@@ -21,19 +21,23 @@ MODALITIES = ("image", "text")
 
 
 class ConvStem(nn.Module):
-    """Patch tokens from a small convolution stem (Xiao et al. 2021, "Early Convolutions Help Transformers See
-    Better"): two 3x3 stride-2 convolutions with GELU, then a ``patch_size / 4`` stride convolution to ``dim``;
-    images [B, 3, H, W] -> [B, (H / p) * (W / p), dim], the same grid as a ``patch_size`` PatchEmbed."""
+    """Patch tokens from a convolution stem (Xiao et al. 2021, "Early Convolutions Help Transformers See Better"):
+    two 3x3 stride-2 convolutions with BatchNorm and GELU (widths dim / 4, dim / 2), then a ``patch_size / 4``
+    stride convolution to ``dim``; images [B, 3, H, W] -> [B, (H / p) * (W / p), dim], the grid of a
+    ``patch_size`` PatchEmbed."""
 
     def __init__(self, image_size: int, patch_size: int, dim: int):
         super().__init__()
         if patch_size % 4 or patch_size < 4:
             raise ValueError(f"a conv stem needs patch_size a multiple of 4, got {patch_size}")
-        width = max(8, dim // 4)
+        widths = [max(8, dim // 4), max(8, dim // 2)]
+
+        def conv(cin, cout, stride):
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
+
         self.proj = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(2 * width, dim, patch_size // 4, stride=patch_size // 4))
+            *conv(3, widths[0], 2), *conv(widths[0], widths[1], 2),
+            nn.Conv2d(widths[1], dim, patch_size // 4, stride=patch_size // 4))
         self.num_patches = (image_size // patch_size) ** 2
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
