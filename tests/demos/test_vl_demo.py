@@ -197,3 +197,15 @@ def test_the_page_in_a_browser(app, serve, page, tmp_path):
     page.locator("#status").get_by_text("Patches per expert").wait_for()
     page.locator("#experts img").wait_for()
     page.screenshot(path=tmp_path / "vl.png", full_page=True)
+
+
+def test_the_registered_demo_starts_on_the_packaged_weights_and_answers_as_they_do():
+    import moezoo.demos as demos
+
+    app, shown = demos.build_demo("vl/moma")
+    assert shown.source == "weights moma-easyvqa" and app.title == "moezoo: vision-language experts"
+    path, question, _ = example(0)
+    result = analyse(shown.model, path, question)
+    image, _ = read_picture(path, shown.model.hparams.image_size)
+    answers, _ = shown.model.answer(image, [question])
+    assert result["answer"] == answers[0]
