@@ -246,12 +246,9 @@ class VisionLanguageModel(TaskModule):
         """Count each MoE layer's routing by the modality of each token (padding words take no expert)."""
         if self.hparams.head != "vqa":
             return None  # two forwards per batch (image, then text): each is labelled in ``_retrieval_step``
-        image, text = batch["image"], batch["text"]
-        modality = torch.cat([torch.ones(text.shape[0], 1, dtype=torch.long, device=text.device),
-                              torch.zeros(image.shape[0], self.network.num_patches, dtype=torch.long,
-                                          device=text.device),
-                              torch.ones_like(text)], 1)
-        return {"modality": modality.reshape(-1)}
+        text = batch["text"]
+        modality = self.network.token_modality(text.shape[0], True, text, text.device)
+        return {"modality": modality.clamp_min(0).reshape(-1)}  # padding takes no expert: any id counts nothing
 
     def task_step(self, batch, stage: str) -> torch.Tensor:
         if stage == "test" and self._flops is None:
@@ -279,13 +276,11 @@ class VisionLanguageModel(TaskModule):
             from moezoo.moe import routing_labels
 
             image, text = batch["image"], batch["text"]
-            ones = torch.ones(image.shape[0], 1, dtype=torch.long, device=image.device)
-            with routing_labels(self, {"modality": torch.cat(
-                    [ones, torch.zeros(image.shape[0], self.network.num_patches, dtype=torch.long,
-                                       device=image.device)], 1).reshape(-1)}):
+            sides = {"image": self.network.token_modality(image.shape[0], True, None, image.device),
+                     "text": self.network.token_modality(text.shape[0], False, text, text.device)}
+            with routing_labels(self, {"modality": sides["image"].reshape(-1)}):
                 image_emb = self.embed(image=image)
-            with routing_labels(self, {"modality": torch.ones(text.shape[0], text.shape[1] + 1, dtype=torch.long,
-                                                              device=text.device).reshape(-1)}):
+            with routing_labels(self, {"modality": sides["text"].clamp_min(0).reshape(-1)}):
                 text_emb = self.embed(text=text)
         logits = self.logit_scale.exp().clamp(max=100) * image_emb @ text_emb.t()
         # captions of the same image are all right answers: the targets spread over them

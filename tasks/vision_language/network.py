@@ -79,6 +79,16 @@ class EarlyFusionTransformer(nn.Module):
     def moe_layers(self) -> list[MoE]:
         return [m for m in self.encoder.modules() if isinstance(m, MoE)]
 
+    def token_modality(self, batch: int, with_image: bool, text: torch.Tensor | None, device=None) -> torch.Tensor:
+        """The modality id of every token of the sequence ``forward`` builds, [batch, N]: [CLS] text, the patches
+        (``with_image``) image, the words text, padding words ``PAD``."""
+        parts = [torch.full((batch, 1), TEXT, dtype=torch.long, device=device)]
+        if with_image:
+            parts.append(torch.full((batch, self.num_patches), IMAGE, dtype=torch.long, device=device))
+        if text is not None:
+            parts.append(torch.where(text > 0, TEXT, PAD))
+        return torch.cat(parts, 1)
+
     def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None):
         if image is None and text is None:
             raise ValueError("give an image, a text or both")
@@ -86,23 +96,20 @@ class EarlyFusionTransformer(nn.Module):
         device = (image if image is not None else text).device
         tokens = [self.cls_token.expand(batch, -1, -1) + self.text_pos[:, :1]
                   + self.modality_embed.weight[TEXT]]
-        modality = [torch.full((batch, 1), TEXT, dtype=torch.long, device=device)]
         if image is not None:
-            patches = self.patch_embed(image) + self.image_pos + self.modality_embed.weight[IMAGE]
-            tokens.append(patches)
-            modality.append(torch.full(patches.shape[:2], IMAGE, dtype=torch.long, device=device))
+            tokens.append(self.patch_embed(image) + self.image_pos + self.modality_embed.weight[IMAGE])
         if text is not None:
             if text.shape[1] > self.max_text_len:
                 raise ValueError(f"text of {text.shape[1]} words; this model reads at most {self.max_text_len}")
             embedded = self.word_embed(text) + self.text_pos[:, 1 : text.shape[1] + 1] \
                 + self.modality_embed.weight[TEXT]
             tokens.append(embedded)
-            modality.append(torch.where(text > 0, TEXT, PAD))
-        x, modality = torch.cat(tokens, 1), torch.cat(modality, 1)
+        x, modality = torch.cat(tokens, 1), self.token_modality(batch, image is not None, text, device)
         keys = (modality != PAD)[:, None, None, :]  # [B, 1, 1, N]: padding is no key
         group = modality if self.modality_groups else torch.where(modality == PAD, PAD, 0)
-        for layer in self.moe_layers():  # expert choice is made within each sequence (and modality group)
+        layers = self.moe_layers()
+        for layer in layers:  # expert choice is made within each sequence (and modality group)
             if isinstance(layer.router, ExpertChoiceRouter):
                 layer.router.tokens_per_sample = x.shape[1]
-        kwargs = {"group": group} if self.moe_layers() else {}
+        kwargs = {"group": group} if layers else {}
         return self.encoder(x, attn_mask=keys, **kwargs), modality
