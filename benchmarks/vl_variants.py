@@ -9,6 +9,7 @@ layers: with MoMa it is 1 / 0 by construction, the agnostic MoE shows whether it
 modality NMI).
 
     python benchmarks/vl_variants.py --seeds 3 --json vl.json
+    python benchmarks/vl_variants.py --first-seed 2 --seeds 1 --json vl-s2.json     # one more seed alone
     python benchmarks/vl_variants.py --seeds 1 --epochs 1 --tuning-epochs 1 --limit 20   # a smoke run
 """
 
@@ -90,7 +91,8 @@ def summary(rows: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds, from --first-seed on")
+    parser.add_argument("--first-seed", type=int, default=0, help="e.g. --first-seed 2 --seeds 1 adds seed 2 alone")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of dense, moe and moma (the configs: 4)")
     parser.add_argument("--tuning-epochs", type=int, default=2, help="MoE-tuning epochs after dense (the config: 2)")
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
@@ -99,7 +101,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows and the table here")
     args = parser.parse_args()
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         dense_ckpt = None
         for variant in args.variants:
             if variant == "moe-llava" and dense_ckpt is None:

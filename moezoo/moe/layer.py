@@ -19,7 +19,8 @@ class MoE(nn.Module):
     ``moezoo.moe.aux_loss(model)``; those of its latest ``record.max_pending`` forwards wait, older ones are dropped);
     a recomputation during backward (activation checkpointing) records nothing. Routing statistics of the last
     forward are kept for ``routing_stats``. Under ``torch.autocast`` the experts compute in the region's dtype and the
-    router in float32 (``moezoo.moe.precision``).
+    router in float32 (``moezoo.moe.precision``). Under expert parallelism (``moezoo.moe.parallel``) ``dispatch``
+    sends each assignment to the rank that holds its expert; by default the bank runs on this process.
     """
 
     def __init__(self, dim: int, router: nn.Module, experts: nn.Module, shared_experts: nn.Module | None = None):
@@ -29,6 +30,7 @@ class MoE(nn.Module):
         self.experts = experts
         self.shared_experts = shared_experts
         self.record = RoutingRecord()
+        self.dispatch = None  # None: the bank runs here; moezoo.moe.parallel.shard_experts sets an all-to-all
 
     def forward(self, x: torch.Tensor, *, router_input: torch.Tensor | None = None,
                 group: torch.Tensor | None = None, condition=None) -> torch.Tensor:
@@ -38,7 +40,7 @@ class MoE(nn.Module):
         if seen.shape[0] != tokens.shape[0]:
             raise ValueError(f"router_input has {seen.shape[0]} tokens but x has {tokens.shape[0]}")
         routing = self.router(seen, group=None if group is None else group.reshape(-1), condition=condition)
-        y = self.experts(tokens, routing)
+        y = self.experts(tokens, routing) if self.dispatch is None else self.dispatch(tokens, routing, self.experts)
         if self.shared_experts is not None:
             y = y + self.shared_experts(tokens)
         self.record.add(routing, training=self.training)
