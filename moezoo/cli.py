@@ -84,10 +84,11 @@ def _run_lightning(stage: str, argv: list[str]) -> None:
     from moezoo.training.cli import MoezooCLI  # heavy imports only when training
 
     command = shlex.join(["moezoo", stage, *argv])  # as typed: recorded in the run's metrics.json
+    rest_argv = list(argv)
     argv, sys.argv = sys.argv, sys.argv[:1]  # the arguments go through `args`; LightningCLI warns when both are set
     try:
         MoezooCLI(args=[stage, *config, *model, *rest], run_info={"task": task, "command": command},
-                  weights=folder if weights is not None else None)
+                  weights=folder if weights is not None else None, launch_argv=[argv[0], stage, *rest_argv])
     except ValueError as err:  # a class rejected its arguments while LightningCLI instantiated it
         cause = err.__cause__
         while cause is not None and not isinstance(cause, MoezooError):

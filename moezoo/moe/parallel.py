@@ -101,16 +101,18 @@ def stacked_expert_parameters(bank: nn.Module) -> list[str]:
     return [name for name, _ in bank.named_parameters() if name.startswith(prefixes)]
 
 
-def shard_experts(model: nn.Module, group: dist.ProcessGroup | None = None, *, src: int = 0) -> list[str]:
+def shard_experts(model: nn.Module, group: dist.ProcessGroup | None = None, *,
+                  src: int = 0) -> dict[str, ExpertShard]:
     """Shard every ``MoE`` layer of ``model`` over the expert-parallel ``group`` (in place); returns the qualified
-    names of the sharded parameters (what a data-parallel wrapper must leave to the expert-data-parallel reduction).
+    names of the sharded parameters with their shard (what a data-parallel wrapper must leave to the
+    expert-data-parallel reduction).
 
     Each rank first receives the full expert weights from global rank ``src`` (one initialisation everywhere), then
     keeps its E / P experts; the bank's ``num_experts`` becomes E / P and the layer gets an ``AllToAllDispatch``.
     A model already sharded is left as it is. A group of one rank shards nothing.
     """
     size, rank = dist.get_world_size(group), dist.get_rank(group)
-    names = []
+    names = {}
     for prefix, layer in model.named_modules():
         if not isinstance(layer, MoE):
             continue
@@ -135,7 +137,7 @@ def shard_experts(model: nn.Module, group: dist.ProcessGroup | None = None, *, s
             layer.dispatch = dispatch
         if getattr(bank, "expert_shard", None) is not None:
             base = f"{prefix}.experts." if prefix else "experts."
-            names += [base + name for name in stacked_expert_parameters(bank)]
+            names.update({base + name: bank.expert_shard for name in stacked_expert_parameters(bank)})
     return names
 
 

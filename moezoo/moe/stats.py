@@ -6,10 +6,31 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from .record import TOTAL, RoutingRecord, label_sizes
 from .routers import Router
+
+
+def distributed() -> bool:
+    """Whether torch.distributed runs with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sum_over_ranks(table: torch.Tensor) -> torch.Tensor:
+    """``table`` summed over all processes of torch.distributed (itself when there is one): counts of every rank's
+    tokens. Tables whose first dim differs between ranks (label values one rank has not seen) are zero-padded to the
+    largest first. Every process must call it, in the same order."""
+    if not distributed():
+        return table
+    rows = torch.tensor([table.shape[0] if table.ndim else 0], device=table.device)
+    dist.all_reduce(rows, op=dist.ReduceOp.MAX)
+    out = table.detach().float().clone()
+    if table.ndim and int(rows) > table.shape[0]:
+        out = torch.cat([out, out.new_zeros(int(rows) - table.shape[0], *table.shape[1:])])
+    dist.all_reduce(out)
+    return out
 
 
 def moe_layers(model: nn.Module):
@@ -43,16 +64,25 @@ def aux_loss(model: nn.Module) -> torch.Tensor | float:
     return sum(aux_loss_terms(model).values(), 0.0)
 
 
-def routing_stats(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+def routing_stats(model: nn.Module, sync: bool = False) -> dict[str, dict[str, torch.Tensor]]:
     """Per MoE layer, from its last forward: load per expert (fraction of assignments, or of gate mass for soft
     mixtures), imbalance (max load / mean load, 1 is perfect), mean router entropy (nats), the number of tokens that
     lost an assignment to capacity, and for grouped routings ``group_load`` [G, E] (each group's load over experts,
-    rows summing to 1; 0 for a group absent from the batch)."""
+    rows summing to 1; 0 for a group absent from the batch).
+
+    ``sync``: of every process's last forward under torch.distributed (counts summed, entropy averaged over ranks;
+    every process must call it, with the same layers run)."""
     stats = {}
     for name, layer in moe_layers(model):
         last = layer.record.last
-        if not last:
+        if not last and not (sync and distributed()):
             continue
+        if sync and distributed():
+            present = sum_over_ranks(torch.tensor(float(bool(last))))
+            if not last or int(present) < dist.get_world_size():
+                raise RuntimeError(f"routing_stats(sync=True): layer {name} ran on some processes only")
+            last = {key: sum_over_ranks(value) for key, value in last.items()}
+            last["entropy"] = last["entropy"] / dist.get_world_size()
         counts = last["counts"]
         load = counts / counts.sum().clamp_min(1.0)
         stats[name] = {
@@ -67,12 +97,13 @@ def routing_stats(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     return stats
 
 
-def take_expert_load(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Training assignments per expert per layer since the last call ([E] counts), and reset them."""
+def take_expert_load(model: nn.Module, sync: bool = False) -> dict[str, torch.Tensor]:
+    """Training assignments per expert per layer since the last call ([E] counts), and reset them; ``sync``: summed
+    over all processes of torch.distributed (every process calls it)."""
     totals = {}
     for name, layer in moe_layers(model):
         if layer.record.load_total is not None:
-            totals[name] = layer.record.load_total
+            totals[name] = sum_over_ranks(layer.record.load_total) if sync else layer.record.load_total
         layer.record.load_total = None
     return totals
 
@@ -127,11 +158,12 @@ def normalized_mutual_information(counts: torch.Tensor) -> float:
     return float(mutual_info_score(None, None, contingency=table) / ((h_label + h_expert) / 2))
 
 
-def load_by_label(model: nn.Module, reset: bool = True) -> dict[str, dict[str, dict]]:
+def load_by_label(model: nn.Module, reset: bool = True, sync: bool = False) -> dict[str, dict[str, dict]]:
     """Per routing module, per label counted since the last reset (``routing_labels``): ``counts`` [V, E] (label
     value x expert: assignments, or gate mass for soft mixtures), ``load`` (each row over experts, summing to 1; 0 for
     a value never seen) and ``nmi`` (``normalized_mutual_information``); and under ``"*"`` the load of every counted
-    assignment ([1, E], no NMI). ``reset`` starts the next tally."""
+    assignment ([1, E], no NMI). ``reset`` starts the next tally; ``sync``: the counts of all processes of
+    torch.distributed, summed (every process calls it, having counted the same layers and labels)."""
     result = {}
     for name, layer in moe_layers(model):
         tables = layer.record.by_label
@@ -141,6 +173,7 @@ def load_by_label(model: nn.Module, reset: bool = True) -> dict[str, dict[str, d
             continue
         result[name] = {}
         for label, counts in tables.items():
+            counts = sum_over_ranks(counts) if sync else counts
             entry = {"counts": counts, "load": counts / counts.sum(-1, keepdim=True).clamp_min(1e-12)}
             if label != TOTAL:
                 entry["nmi"] = normalized_mutual_information(counts)

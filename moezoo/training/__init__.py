@@ -2,8 +2,10 @@
 
 from .callbacks import ExpertLoadHeatmap, MetricsJson, PredictionWriter, plot_expert_load, plot_load_by_label, pyplot
 from .data import SplitDataModule, image_folder, load_digits_images, stratified_split
+from .parallel import ExpertParallelStrategy
 from .task import TaskModule
 
-__all__ = ["ExpertLoadHeatmap", "MetricsJson", "PredictionWriter", "SplitDataModule", "TaskModule", "plot_expert_load",
+__all__ = ["ExpertLoadHeatmap", "ExpertParallelStrategy", "MetricsJson",
+           "PredictionWriter", "SplitDataModule", "TaskModule", "plot_expert_load",
            "plot_load_by_label", "pyplot",
            "image_folder", "load_digits_images", "stratified_split"]

@@ -84,7 +84,7 @@ class ExpertLoadHeatmap(L.Callback):
         take_expert_load(pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        loads = take_expert_load(pl_module)
+        loads = take_expert_load(pl_module, sync=trainer.world_size > 1)  # every rank's tokens
         if loads and trainer.is_global_zero:
             epoch = trainer.current_epoch
             path = Path(trainer.default_root_dir) / self.dirname / f"epoch_{epoch:03d}.png"

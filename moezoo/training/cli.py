@@ -242,8 +242,11 @@ class MoezooCLI(LightningCLI):
     ``--model.*`` flags typed on the command line still win over them (e.g. ``moezoo test ... --model.cfg_scale 1``).
     """
 
-    def __init__(self, args: list[str], run_info: dict | None = None, weights: Path | None = None):
+    def __init__(self, args: list[str], run_info: dict | None = None, weights: Path | None = None,
+                 launch_argv: list[str] | None = None):
         self._args = list(args)
+        # what Lightning's launcher re-runs in each extra process (DDP, expert parallel): the command as typed
+        self._launch_argv = launch_argv
         self._run_info = dict(run_info or {})  # the task variant and the command, written to metrics.json
         self._weights = weights  # a hub folder whose model.safetensors the model starts from (--weights)
         if weights is not None:
@@ -324,6 +327,8 @@ class MoezooCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Rejects batch sizes and worker counts a DataLoader would reject, by their keys, before building anything."""
+        if self._launch_argv is not None:  # parsed already, so LightningCLI no longer sees both args and sys.argv
+            sys.argv = list(self._launch_argv)
         data = self._get(self.config, "data")
         init_args = data.get("init_args") if data is not None else None
         for key, value in (init_args.items() if init_args is not None else ()):

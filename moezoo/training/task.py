@@ -102,10 +102,11 @@ class TaskModule(L.LightningModule, ModelHubMixin, library_name="moezoo", tags=[
         terms = aux_loss_terms(self)
         aux = sum(terms.values(), task_loss.new_zeros(()))
         batch_size = _batch_size(batch)
+        sync = self._synced
         for kind, value in terms.items():
-            self.log(f"train/aux/{kind}", value, batch_size=batch_size)
+            self.log(f"train/aux/{kind}", value, batch_size=batch_size, sync_dist=sync)
         loss = task_loss + aux
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=sync)
         if self._is_logging_step():
             self._log_routing_stats()
         return loss
@@ -130,7 +131,7 @@ class TaskModule(L.LightningModule, ModelHubMixin, library_name="moezoo", tags=[
 
     def log_routing_by_label(self, stage: str) -> dict[str, float]:
         """Log (and return) the load by label counted since the stage began; at test also plot and save it."""
-        tables = load_by_label(self, reset=True)
+        tables = load_by_label(self, reset=True, sync=self._synced)
         if not tables:
             return {}
         values, nmis = {}, {}
@@ -174,13 +175,18 @@ class TaskModule(L.LightningModule, ModelHubMixin, library_name="moezoo", tags=[
         super().optimizer_step(*args, **kwargs)
         after_optimizer_step(self)
 
+    @property
+    def _synced(self) -> bool:
+        """Whether the logged losses and routing counts are reduced over processes (a multi-process run)."""
+        return self._trainer is not None and self.trainer.world_size > 1
+
     def _is_logging_step(self) -> bool:
         trainer = self._trainer
         return trainer is not None and trainer.global_step % max(1, trainer.log_every_n_steps) == 0
 
     def _log_routing_stats(self) -> None:
         values = {}
-        for layer, stats in routing_stats(self).items():
+        for layer, stats in routing_stats(self, sync=self._synced).items():
             prefix = f"moe/{layer}"
             values[f"{prefix}/imbalance"] = stats["imbalance"]
             values[f"{prefix}/entropy"] = stats["entropy"]

@@ -67,7 +67,7 @@ def run(rank: int, world: int, out: str, port: int) -> None:
         x.requires_grad_()
         y = layer(x)
         (y * probe).sum().backward()
-        saved[name] = {"y": y.detach(), "dx": x.grad, "grads": grads(layer), "sharded": sharded,
+        saved[name] = {"y": y.detach(), "dx": x.grad, "grads": grads(layer), "sharded": list(sharded),
                        "state": layer.state_dict(), "local_experts": layer.experts.num_experts}
         with torch.autocast("cpu", dtype=torch.bfloat16):
             saved[name]["y_bf16"] = layer(x).detach().float()
