@@ -59,11 +59,12 @@ class ExpertParallelStrategy(DDPStrategy):
         return self._device_mesh
 
     def setup_environment(self) -> None:
-        super().setup_environment()
-        world = self.world_size
+        world = self.num_processes * self.num_nodes  # known before the processes meet
         size = self.expert_parallel_size or world
         if size < 1 or world % size:
             raise MoezooError(f"trainer.strategy.expert_parallel_size={size} must divide the {world} processes")
+        super().setup_environment()
+        world = self.world_size
         self.expert_parallel_size = size
         self._device_mesh = init_device_mesh(self.root_device.type, (world // size, size),
                                              mesh_dim_names=("expert_data_parallel", "expert_parallel"))

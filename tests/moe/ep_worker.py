@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from moezoo.moe import FiLMExperts, MoE, MoEArgs, Routing
+from moezoo.moe import FiLMExperts, MoE, MoEArgs, Routing, load_by_label, routing_labels, routing_stats
 from moezoo.moe.parallel import AllToAllDispatch, shard_experts
 
 DIM = 8
@@ -92,6 +92,16 @@ def run(rank: int, world: int, out: str, port: int) -> None:
             p.zero_()
     layer.load_state_dict(full)
     saved["loaded"] = {k: v.clone() for k, v in layer.experts.named_parameters()}
+    # routing statistics of every rank's tokens: counts summed; label tables of different sizes padded
+    layer = build("top_k")
+    x, _ = tokens("top_k", rank)
+    labels = torch.arange(x.shape[0]) % (2 + rank)  # rank 0 sees label values 0-1, rank 1 values 0-2
+    with routing_labels(layer, {"parity": labels}):
+        layer(x)
+    saved["stats"] = {"own": layer.record.last["counts"].clone(),
+                      "own_by_label": layer.record.by_label["parity"].clone(),
+                      "synced": routing_stats(layer, sync=True)[""],
+                      "synced_by_label": load_by_label(layer, sync=True)[""]["parity"]["counts"]}
     torch.save(saved, os.path.join(out, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()

@@ -121,3 +121,15 @@ def test_unshardable_layers_say_why(monkeypatch):
     loop = MoE(8, MoEArgs(num_experts=2, k=1).build_router(8), ModuleExperts([torch.nn.Linear(8, 8)] * 2))
     with pytest.raises(ExpertParallelError, match="ModuleExperts cannot be sharded"):
         shard_experts(loop)
+
+
+def test_routing_statistics_sum_every_rank(ranks):
+    own = [r["stats"]["own"] for r in ranks]
+    for r in ranks:
+        load = r["stats"]["synced"]["load"]
+        torch.testing.assert_close(load, sum(own) / sum(own).sum())
+    tables = [r["stats"]["own_by_label"] for r in ranks]
+    assert tables[0].shape[0] == 2 and tables[1].shape[0] == 3
+    padded = torch.cat([tables[0], torch.zeros(1, tables[0].shape[1])]) + tables[1]
+    for r in ranks:
+        torch.testing.assert_close(r["stats"]["synced_by_label"], padded)

@@ -18,8 +18,8 @@ import torch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 GLOBAL_BATCH = 64
-COMMON = ["--task", "image-classification/default", "--trainer.strategy", "expert_parallel",
-          "--trainer.accelerator", "cpu", "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "1",
+COMMON = ["--task", "image-classification/default", "--trainer.accelerator", "cpu",
+          "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "1",
           "--trainer.limit_test_batches", "1", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar",
           "false", "--model.init_args.embed_dim", "32", "--model.init_args.depth", "2",
           "--model.init_args.warmup_epochs", "0",
@@ -29,9 +29,13 @@ COMMON = ["--task", "image-classification/default", "--trainer.strategy", "exper
           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger"]
 
 
-def fit(run: Path, processes: int, epochs: int, *extra: str) -> dict:
-    """`python -m moezoo fit ...` with ``processes`` processes of GLOBAL_BATCH / processes samples each."""
-    argv = [sys.executable, "-m", "moezoo", "fit", *COMMON, "--trainer.devices", str(processes),
+def fit(run: Path, processes: int, epochs: int, *extra: str, expert_parallel: int | None = None) -> dict:
+    """`python -m moezoo fit ...` with ``processes`` processes of GLOBAL_BATCH / processes samples each, the experts
+    over all of them (or over ``expert_parallel`` of them)."""
+    strategy = ["--trainer.strategy", "expert_parallel"] if expert_parallel is None else [
+        "--trainer.strategy", "moezoo.training.ExpertParallelStrategy",
+        "--trainer.strategy.expert_parallel_size", str(expert_parallel)]
+    argv = [sys.executable, "-m", "moezoo", "fit", *COMMON, *strategy, "--trainer.devices", str(processes),
             "--data.init_args.batch_size", str(GLOBAL_BATCH // processes), "--trainer.max_epochs", str(epochs),
             "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -54,6 +58,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ep-fit")
     fit(root / "one", 1, 2)
     fit(root / "two", 2, 2)
+    fit(root / "four", 4, 2, expert_parallel=2)  # mesh (2, 2): each expert on 2 ranks, reduced between them
     # and back: each layout resumes the other's checkpoint for a third epoch
     fit(root / "two-from-one", 2, 3, "--ckpt_path", str(root / "one" / "checkpoints" / "last.ckpt"))
     fit(root / "one-from-two", 1, 3, "--ckpt_path", str(root / "two" / "checkpoints" / "last.ckpt"))
@@ -65,6 +70,27 @@ def test_two_processes_follow_the_one_process_loss_curve(runs):
     assert len(one) == len(two) == 12
     # the losses logged with 2 processes are the mean over both ranks' halves of the same global batch
     torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=1e-4, atol=1e-4)
+
+
+def test_four_processes_with_two_expert_replicas_follow_it_too(runs):
+    """4 processes, experts split over 2 and replicated twice: the expert gradients are reduced over the replicas."""
+    one, four = train_losses(runs["one"]), train_losses(runs["four"])
+    torch.testing.assert_close(torch.tensor(four), torch.tensor(one), rtol=1e-4, atol=1e-4)
+    a, b = weights(runs["one"]), weights(runs["four"])
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=2e-4)
+
+
+def test_expert_parallel_size_must_divide_the_processes(tmp_path):
+    argv = [sys.executable, "-m", "moezoo", "fit", *COMMON, "--trainer.strategy",
+            "moezoo.training.ExpertParallelStrategy", "--trainer.strategy.expert_parallel_size", "3",
+            "--trainer.devices", "2", "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path),
+            "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2
+    assert "expert_parallel_size=3 must divide the 2 processes" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_two_process_checkpoint_holds_every_expert_and_matches(runs):
