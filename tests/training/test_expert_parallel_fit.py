@@ -59,6 +59,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     fit(root / "one", 1, 2)
     fit(root / "two", 2, 2)
     fit(root / "four", 4, 2, expert_parallel=2)  # mesh (2, 2): each expert on 2 ranks, reduced between them
+    fit(root / "two-bf16", 2, 1, "--trainer.precision", "bf16-mixed")  # bf16 rows through the all-to-alls
     # and back: each layout resumes the other's checkpoint for a third epoch
     fit(root / "two-from-one", 2, 3, "--ckpt_path", str(root / "one" / "checkpoints" / "last.ckpt"))
     fit(root / "one-from-two", 1, 3, "--ckpt_path", str(root / "two" / "checkpoints" / "last.ckpt"))
@@ -79,6 +80,12 @@ def test_four_processes_with_two_expert_replicas_follow_it_too(runs):
     a, b = weights(runs["one"]), weights(runs["four"])
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=2e-4)
+
+
+def test_two_processes_train_under_bf16_autocast(runs):
+    one, bf16 = train_losses(runs["one"])[:6], train_losses(runs["two-bf16"])
+    assert len(bf16) == 6 and all(torch.isfinite(torch.tensor(bf16)))
+    torch.testing.assert_close(torch.tensor(bf16), torch.tensor(one), rtol=0.02, atol=0.02)  # bf16's precision
 
 
 def test_expert_parallel_size_must_divide_the_processes(tmp_path):
