@@ -23,7 +23,9 @@ class MoEArgs:
     router: ``top_k`` (uses ``k`` and optional ``capacity_factor``), ``expert_choice`` (``capacity_factor``, default
     1.0) or ``top_p`` (``p``, and ``dynamic_loss_weight``: the weight of its entropy loss, None for the paper's 1e-4).
     ``expert_hidden_ratio`` scales each routed expert's hidden width relative to the dense FFN it replaces (0.5
-    halves it, as fine-grained and ProMoE experts do).
+    halves it, as fine-grained and ProMoE experts do). ``router_context_dim``: the width of the ``router_context``
+    features the layer's router reads next to each token (``MoE.forward``); ``noise``: ``learned`` for noisy top-k
+    gating (``Router``).
     """
 
     num_experts: int = 8
@@ -44,6 +46,8 @@ class MoEArgs:
     bias_update_rate: float = 0.0
     expert_groups: list[list[int]] | None = None
     kernel_backend: str | None = None
+    router_context_dim: int = 0
+    noise: Literal["none", "learned"] = "none"
     extra_router_args: dict = field(default_factory=dict)
 
     def build_router(self, dim: int) -> nn.Module:
@@ -52,7 +56,8 @@ class MoEArgs:
         common = dict(
             score=self.score, expert_groups=self.expert_groups, num_null_experts=self.num_null_experts,
             balance_loss_weight=self.balance_loss_weight, global_balance_loss_weight=self.global_balance_loss_weight,
-            z_loss_weight=self.z_loss_weight, bias_update_rate=self.bias_update_rate, **self.extra_router_args,
+            z_loss_weight=self.z_loss_weight, bias_update_rate=self.bias_update_rate, noise=self.noise,
+            **self.extra_router_args,
         )
         if self.router != "top_p" and self.dynamic_loss_weight:
             raise ValueError(f"dynamic_loss_weight={self.dynamic_loss_weight} is the top-p router's entropy loss; "
@@ -80,7 +85,7 @@ class MoEArgs:
             shared = DenseMLP(dim, expert_hidden * self.num_shared_experts, activation=self.activation, glu=self.glu,
                               **dd)
         with torch.device(device) if device is not None else nullcontext():
-            router = self.build_router(router_dim or dim)
+            router = self.build_router((router_dim or dim) + self.router_context_dim)
         if dtype is not None:
             router.gate.to(dtype=dtype)
         return MoE(dim, router, experts, shared)

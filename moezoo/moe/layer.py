@@ -12,8 +12,10 @@ class MoE(nn.Module):
     """y = sum_{e in route(x)} g_e(x) * expert_e(x) (+ shared(x)).
 
     Takes tokens x [..., d] and returns [..., d_out]. Keywords some families need and others ignore:
-    ``router_input`` [..., d_r] (what the router sees, when it differs from x), ``group`` [...] (a group id per token
-    restricting its experts; -1: not routed), ``condition`` (per-sample information for the router).
+    ``router_input`` [..., d_r] (what the router sees, when it differs from x), ``router_context`` [..., d_c]
+    (features the router sees next to x or ``router_input``: it reads their concatenation, so its gate takes
+    d + d_c inputs; MoveGCL's city and mobility features, TrajMoE's spatial encoding), ``group`` [...] (a group id
+    per token restricting its experts; -1: not routed), ``condition`` (per-sample information for the router).
 
     Every real forward in training mode records the router's aux losses on this layer (collected and cleared by
     ``moezoo.moe.aux_loss(model)``; those of its latest ``record.max_pending`` forwards wait, older ones are dropped);
@@ -33,10 +35,16 @@ class MoE(nn.Module):
         self.dispatch = None  # None: the bank runs here; moezoo.moe.parallel.shard_experts sets an all-to-all
 
     def forward(self, x: torch.Tensor, *, router_input: torch.Tensor | None = None,
-                group: torch.Tensor | None = None, condition=None) -> torch.Tensor:
+                router_context: torch.Tensor | None = None, group: torch.Tensor | None = None,
+                condition=None) -> torch.Tensor:
         lead = x.shape[:-1]
         tokens = x.reshape(-1, x.shape[-1])
         seen = tokens if router_input is None else router_input.reshape(-1, router_input.shape[-1])
+        if router_context is not None:
+            context = router_context.reshape(-1, router_context.shape[-1])
+            if context.shape[0] != seen.shape[0]:
+                raise ValueError(f"router_context has {context.shape[0]} tokens but x has {seen.shape[0]}")
+            seen = torch.cat([seen, context.to(seen.dtype)], dim=-1)
         if seen.shape[0] != tokens.shape[0]:
             raise ValueError(f"router_input has {seen.shape[0]} tokens but x has {tokens.shape[0]}")
         routing = self.router(seen, group=None if group is None else group.reshape(-1), condition=condition)

@@ -69,6 +69,10 @@ class Router(nn.Module):
         weighted: False gives every assignment weight 1: the chosen experts' outputs are not scaled by their scores,
             so the gate learns only from the aux losses (CMoE's official hard top-1, github.com/xy980523/UATR-CMoE
             ``cmoe_model.py``: ``logits[i] = fc[argmax(routing_score)[i]](x[i])``).
+        noise: ``learned`` adds trainable Gaussian noise to the logits in training (noisy top-k gating, Shazeer et al.
+            2017, eq. 4: H(x) = x W_g + N(0, 1) * softplus(x W_noise), with W_noise starting at zero as in their
+            code; MoveGCL's router, github.com/tsinghua-fib-lab/MoveGCL ``base_model.py``); the noisy logits choose,
+            weight and feed the aux losses. Evaluation uses x W_g alone. ``none`` (the default): no noise.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class Router(nn.Module):
         bias_update_rate: float = 0.0,
         gate_init_std: float | None = None,
         weighted: bool = True,
+        noise: str = "none",
     ):
         super().__init__()
         if score not in ("softmax", "sigmoid", "linear"):
@@ -106,6 +111,11 @@ class Router(nn.Module):
         self.gate = nn.Linear(dim, self.num_slots, bias=False)
         if gate_init_std is not None:
             nn.init.normal_(self.gate.weight, std=gate_init_std)
+        if noise not in ("none", "learned"):
+            raise ValueError(f"router noise must be 'none' or 'learned', got {noise!r}")
+        self.noise_gate = nn.Linear(dim, self.num_slots, bias=False) if noise == "learned" else None
+        if self.noise_gate is not None:
+            nn.init.zeros_(self.noise_gate.weight)
         self.expert_groups = None if expert_groups is None else [list(g) for g in expert_groups]
         self.register_buffer("group_mask", self._group_mask(self.expert_groups), persistent=False)
         self.register_buffer("expert_bias", torch.zeros(self.num_slots))
@@ -185,8 +195,16 @@ class Router(nn.Module):
         with router_precision(x):
             return F.linear(x.to(dtype), weight.to(dtype))
 
+    def noise_std(self, x: torch.Tensor) -> torch.Tensor:
+        """softplus(x W_noise) [T, S]: the std of the learned gate noise (float32, as the logits)."""
+        weight = self.noise_gate.weight
+        with router_precision(x):
+            return F.softplus(F.linear(x.float(), weight.float()))
+
     def forward(self, x: torch.Tensor, *, group: torch.Tensor | None = None, condition=None) -> Routing:
         logits = self.gate_logits(x)
+        if self.noise_gate is not None and self.training:
+            logits = logits.float() + torch.randn_like(logits, dtype=torch.float) * self.noise_std(x)
         allowed, record_group, unrouted = None, group, None
         if self.group_mask is not None:
             if group is None and self.group_mask.shape[0] == 1:  # a static mask: no grouping to report
