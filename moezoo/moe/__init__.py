@@ -2,6 +2,7 @@
 
 from .builder import MoEArgs
 from .experts import DenseMLP, FiLMExperts, GroupedMLP, ModuleExperts
+from .grow import add_experts, freeze_experts, most_used_experts
 from .layer import MoE
 from .losses import (
     global_batch_load_balancing_loss,
@@ -51,16 +52,19 @@ __all__ = [
     "TopKRouter",
     "TopPRouter",
     "UncertaintyRouter",
+    "add_experts",
     "after_optimizer_step",
     "aux_loss",
     "aux_loss_terms",
     "enable_expert_layerwise_casting",
+    "freeze_experts",
     "global_batch_load_balancing_loss",
     "in_backward",
     "init_non_persistent_buffers",
     "load_by_label",
     "materialize",
     "moe_layers",
+    "most_used_experts",
     "normalized_mutual_information",
     "router_entropy_loss",
     "router_z_loss",

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .grow import restore_frozen_experts
 from .record import TOTAL, RoutingRecord, label_sizes
 from .routers import Router
 
@@ -109,10 +110,12 @@ def take_expert_load(model: nn.Module, sync: bool = False) -> dict[str, torch.Te
 
 
 def after_optimizer_step(model: nn.Module) -> None:
-    """Tell every router an optimizer step happened (bias balancing update, new global batch)."""
+    """Tell every router an optimizer step happened (bias balancing update, new global batch), and put frozen
+    experts' weights back (``moezoo.moe.grow.freeze_experts``)."""
     for module in model.modules():
         if isinstance(module, Router):
             module.after_optimizer_step()
+    restore_frozen_experts(model)
 
 
 @contextmanager
