@@ -61,7 +61,9 @@ def test_tasks_lists_every_variant_with_its_description(capsys):
 
 
 # variants that start from another run's weights: their family's CLI test trains that run first
-STARTS_FROM = {"vl/moe-llava": "upcycles a vl/dense checkpoint (tests/tasks/vision_language/test_vl_cli.py)"}
+STARTS_FROM = {"vl/moe-llava": "upcycles a vl/dense checkpoint (tests/tasks/vision_language/test_vl_cli.py)",
+               "mobility/movegcl-continual": "extends a mobility/movegcl checkpoint "
+                                             "(tests/tasks/mobility/test_mobility_continual.py)"}
 
 
 @pytest.mark.parametrize("task", sorted(list_tasks()))

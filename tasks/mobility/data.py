@@ -29,7 +29,7 @@ from moezoo.errors import MoezooError
 from moezoo.training.data import SplitDataModule
 
 from . import synthetic
-from .sequences import NUM_USER_BINS, Prepared, WindowDataset, prepare
+from .sequences import NUM_USER_BINS, Prepared, WindowDataset, prepare, vocabulary_digest
 
 FORMATS = ("synthetic", "tsmc2014", "getnext", "stan", "mielab", "gps")
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -81,10 +81,15 @@ class MobilityData(SplitDataModule):
         stay_distance_m, stay_minutes, cell_m: stay-point detection and location grid of the ``gps`` format;
             local_offset_min: minutes from the GPS fixes' clock (UTC for GeoLife) to local time (480 for Beijing).
         synthetic_users_per_city, synthetic_days, synthetic_seed: the generated default's size and seed.
+        cities: keep only these cities' visits (e.g. the old cities of a continual run, or the new one).
+        vocabulary: a ``moezoo fit --task mobility/...`` checkpoint whose vocabulary this data extends: its
+            locations, categories and cities keep their ids and new ones are appended (the data of a city added to
+            a trained model, ``--model.teacher`` the same checkpoint).
     """
 
     model_links = {"num_locations": "num_locations", "num_categories": "num_categories",
-                   "num_cities": "num_cities", "max_len": "max_len", "city_names": "city_names"}
+                   "num_cities": "num_cities", "max_len": "max_len", "city_names": "city_names",
+                   "vocabulary_digest": "vocabulary_digest", "base_vocabulary_digest": "base_vocabulary_digest"}
 
     def __init__(self, format: str = "synthetic", path: str | list[str] | None = None, pois: str | None = None,
                  city: str = "city", max_len: int = 32, session_gap_hours: float = 72.0,
@@ -93,7 +98,7 @@ class MobilityData(SplitDataModule):
                  stay_minutes: float = 20.0, cell_m: float = 250.0, local_offset_min: float = 0.0,
                  batch_size: int = 64, num_workers: int = 0,
                  synthetic_users_per_city: int = 100, synthetic_days: int = 56, synthetic_seed: int = 0,
-                 cache: bool = True):
+                 cities: list[str] | None = None, vocabulary: str | None = None, cache: bool = True):
         super().__init__()
         if format not in FORMATS:
             raise MoezooError(f"data.format: {format!r} is not one of {', '.join(FORMATS)}")
@@ -120,7 +125,27 @@ class MobilityData(SplitDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.synthetic = dict(users_per_city=synthetic_users_per_city, days=synthetic_days, seed=synthetic_seed)
         self.cache = cache
+        self.cities = None if cities is None else list(cities)
+        self.vocabulary = None if vocabulary is None else Path(vocabulary).expanduser()
+        self.base = self._read_vocabulary(self.vocabulary) if self.vocabulary is not None else None
         self.prepared: Prepared | None = None
+
+    @staticmethod
+    def _read_vocabulary(path: Path) -> dict[str, list[str]]:
+        """The locations, categories and cities a checkpoint's data module had (its ``state_dict``)."""
+        if not path.is_file():
+            raise MoezooError(f"data.vocabulary: {path} is not a checkpoint file")
+        import torch
+
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise MoezooError(f"data.vocabulary: cannot read {path}: {err}") from None
+        state = checkpoint.get(MobilityData.__qualname__)
+        if not state or "locations" not in state:
+            raise MoezooError(f"data.vocabulary: {path} holds no mobility data vocabulary (a `moezoo fit --task "
+                              "mobility/...` checkpoint has one)")
+        return {k: list(state[k]) for k in ("locations", "categories", "cities")}
 
     # -- what the model is built with (linked) --------------------------------------------------------------------
     @property
@@ -140,6 +165,23 @@ class MobilityData(SplitDataModule):
         return list(self.get_prepared().cities)
 
     @property
+    def vocabulary_digest(self) -> str:
+        return vocabulary_digest(self.get_prepared().locations)
+
+    @property
+    def base_vocabulary_digest(self) -> str | None:
+        """The digest of the vocabulary this data extends (``vocabulary``), None if it extends none."""
+        return None if self.base is None else vocabulary_digest(self.base["locations"])
+
+    def state_dict(self) -> dict:
+        """The vocabularies (Lightning writes them into every checkpoint: ``vocabulary`` reads them back)."""
+        prepared = self.get_prepared()
+        return {"locations": prepared.locations, "categories": prepared.categories, "cities": prepared.cities}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: the vocabulary comes from the data and ``vocabulary`` (checked by the model's digest)."""
+
+    @property
     def summary(self) -> str:
         return self.get_prepared().summary()
 
@@ -147,11 +189,24 @@ class MobilityData(SplitDataModule):
     def _key(self) -> str:
         files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self.paths + (
             [self.pois] if self.pois else [])]
-        blob = json.dumps([self.format, files, self.city, self.filters, self.stay, self.synthetic, 1],
+        blob = json.dumps([self.format, files, self.city, self.filters, self.stay, self.synthetic, self.cities,
+                           self.base, 1],
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def _read(self) -> pd.DataFrame:
+        frame = self._read_all()
+        if self.cities is None:
+            return frame
+        unknown = sorted(set(self.cities) - set(frame.city.unique()))
+        if unknown:
+            raise MoezooError(f"data.cities: {', '.join(unknown)} not in the data (it has "
+                              f"{', '.join(sorted(frame.city.unique()))})")
+        kept = frame[frame.city.isin(self.cities)].reset_index(drop=True)
+        kept.attrs = dict(frame.attrs)
+        return kept
+
+    def _read_all(self) -> pd.DataFrame:
         if self.format == "synthetic":
             return synthetic.generate(self.synthetic["users_per_city"], self.synthetic["days"],
                                       seed=self.synthetic["seed"])
@@ -169,7 +224,7 @@ class MobilityData(SplitDataModule):
                 self.prepared = None
         if self.prepared is None:
             source = ", ".join(str(p) for p in self.paths) or "the generated check-ins"
-            self.prepared = prepare(self._read(), source=source, **self.filters)
+            self.prepared = prepare(self._read(), source=source, base=self.base, **self.filters)
             if self.cache and self.format != "synthetic":
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")

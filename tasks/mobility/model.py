@@ -88,6 +88,11 @@ class NextLocationModel(TaskModule):
         moe: the MoE FFN (None with ``moe_every: 0``: dense); moe_every: an MoE FFN in every n-th block.
         router_features: ``none``, ``mobility`` (MoveGCL) or ``spatial`` (TrajMoE); feature_width: the width of each
             of their embeddings.
+        continual, teacher, replay, distill_temperature, sample_top: MoveGCL's continual learning
+            (``moezoo.tasks.mobility.continual``): the teacher checkpoint of the old cities, replay with
+            distillation at that temperature (or the new city alone), top-k sampling of the replayed trajectories.
+        vocabulary_digest, base_vocabulary_digest: linked from the data (the location vocabulary and the one it
+            extends), so a teacher and its student's data are checked to agree.
     """
 
     monitor = "val/acc1"
@@ -96,7 +101,10 @@ class NextLocationModel(TaskModule):
     def __init__(self, num_locations: int = 1, num_categories: int = 0, num_cities: int = 1, max_len: int = 32,
                  city_names: list[str] | None = None, dim: int = 64, depth: int = 2, num_heads: int = 4,
                  mlp_ratio: float = 4.0, dropout: float = 0.1, moe: MoEArgs | None = None, moe_every: int = 1,
-                 router_features: str = "none", feature_width: int = 16, lr: float = 1e-3,
+                 router_features: str = "none", feature_width: int = 16, continual: bool = False,
+                 teacher: str | None = None,
+                 replay: bool = True, distill_temperature: float = 2.0, sample_top: int = 5,
+                 vocabulary_digest: str | None = None, base_vocabulary_digest: str | None = None, lr: float = 1e-3,
                  weight_decay: float = 0.01, warmup_epochs: float = 0.0, cosine: bool = True):
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, cosine=cosine)
         self.save_hyperparameters()
@@ -121,6 +129,16 @@ class NextLocationModel(TaskModule):
         self.encoder = MoETransformer(dim, depth, num_heads, mlp_ratio=mlp_ratio, moe=moe, moe_every=moe_every,
                                       dropout=dropout)
         self.head = nn.Linear(dim, num_locations + 1)
+        self.num_cities = num_cities
+        # what the data showed about each location and city in training (kept for replay and the demo)
+        self.register_buffer("location_categories", torch.zeros(num_locations + 1, dtype=torch.long))
+        self.register_buffer("location_coords", torch.zeros(num_locations + 1, 2))
+        self.register_buffer("location_patterns", torch.zeros(num_locations + 1, PATTERN_BINS))
+        self.register_buffer("first_locations", torch.zeros(num_cities, num_locations + 1))
+        self.teacher_path, self.replay = teacher, replay
+        self.distill_temperature, self.sample_top = distill_temperature, sample_top
+        self._teacher = None  # a plain attribute (set with object.__setattr__): not a submodule, never saved
+        self._frozen = False
         self.metrics = nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in ("val", "test")
                                       for name in METRICS})
         self.city_metrics = nn.ModuleDict({f"{stage}_{name}_{c}": MeanMetric() for stage in ("val", "test")
@@ -140,6 +158,65 @@ class NextLocationModel(TaskModule):
         h = self.encoder(self.dropout(x), is_causal=True, **kwargs)
         logits = self.head(h)
         return logits.index_fill(-1, torch.tensor([0], device=logits.device), float("-inf"))
+
+    # -- continual learning (MoveGCL; moezoo.tasks.mobility.continual) -------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.continual and self.teacher_path is None:
+            raise MoezooError("model.teacher: the continual setting starts from the trained model of the old cities: "
+                              "--model.teacher OLD.ckpt --data.vocabulary OLD.ckpt --data.cities [NEW]")
+        if stage != "fit" or self.teacher_path is None or self._teacher is not None:
+            return
+        from .continual import grow_from, load_teacher
+
+        teacher = load_teacher(self.teacher_path, type(self))
+        grow_from(self, teacher)
+        object.__setattr__(self, "_teacher", teacher)
+
+    def _freeze_most_used(self, replay: dict[str, torch.Tensor]) -> None:
+        """Freeze, in every MoE layer, each old city's most-used expert (its load on replayed trajectories)."""
+        from moezoo.moe import freeze_experts, load_by_label, most_used_experts, routing_labels
+
+        was_training = self.training
+        self.eval()
+        with torch.no_grad(), routing_labels(self, {"city": replay["city"]}):
+            self(replay)
+        self.train(was_training)
+        tables = load_by_label(self, reset=True)
+        layers = dict(self.named_modules())
+        for name, labels in tables.items():
+            freeze_experts(layers[name], most_used_experts(labels["city"]["counts"]))
+        self._frozen = True
+
+    @torch.no_grad()
+    def _remember_locations(self, batch: dict[str, torch.Tensor]) -> None:
+        valid = batch["locations"].ne(0)
+        locations = batch["locations"][valid]
+        self.location_categories[locations] = batch["categories"][valid]
+        self.location_coords[locations] = batch["coords"][valid].to(self.location_coords.dtype)
+        self.location_patterns[locations] = batch["patterns"][valid].to(self.location_patterns.dtype)
+        starts = batch["locations"][:, 0]
+        self.first_locations.index_put_((batch["city"], starts), torch.ones_like(starts, dtype=torch.float),
+                                        accumulate=True)
+
+    def training_step(self, batch, batch_idx):
+        self._remember_locations(batch)
+        loss = super().training_step(batch, batch_idx)
+        if self._teacher is None:
+            return loss
+        from .continual import distillation_loss, generate_replay
+
+        replay = generate_replay(self._teacher, batch, sample_top=self.sample_top)
+        if not self._frozen:
+            self._freeze_most_used(replay)
+        if not self.replay:
+            return loss
+        with torch.no_grad():
+            teacher_logits = self._teacher(replay)
+        distill = distillation_loss(self(replay), teacher_logits, replay["mask"], self.distill_temperature)
+        self.log("train/distill", distill, on_step=True, on_epoch=True, batch_size=int(replay["mask"].sum()))
+        from moezoo.moe import aux_loss
+
+        return loss + distill + aux_loss(self)  # the replay forward's aux losses count too
 
     def routing_labels(self, batch, stage):
         """Count the load by the user's city and mobility bins (each sample's label on all its tokens)."""

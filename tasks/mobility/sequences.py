@@ -19,6 +19,7 @@ Steps (deterministic; ``MobilityData`` caches the result by its arguments):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,10 +66,26 @@ class Prepared:
                 f"locations, {len(self.cities)} cities); dropped: {drops}")
 
 
+def vocabulary_digest(names: list[str]) -> str:
+    """A short fingerprint of a vocabulary (the location ids in order): what a model and its data must share."""
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def extend(base: list[str] | None, names) -> list[str]:
+    """``base`` (kept in its order, so its ids stay) followed by the other ``names``, sorted."""
+    base = list(base or [])
+    known = set(base)
+    return base + sorted(n for n in set(names) if n not in known)
+
+
 def prepare(frame: pd.DataFrame, *, session_gap_hours: float = 72.0, min_session_length: int = 2,
             min_location_visits: int = 2, min_user_visits: int = 10, train_fraction: float = 0.7,
-            val_fraction: float = 0.1, min_kept_fraction: float = 0.2, source: str = "data") -> Prepared:
-    """Steps 1-4 of the module docstring on a standard visits frame (``formats.VISIT_COLUMNS``)."""
+            val_fraction: float = 0.1, min_kept_fraction: float = 0.2, source: str = "data",
+            base: dict[str, list[str]] | None = None) -> Prepared:
+    """Steps 1-4 of the module docstring on a standard visits frame (``formats.VISIT_COLUMNS``). ``base``: the
+    ``locations``, ``categories`` and ``cities`` of an earlier vocabulary (a model's that this data extends): they
+    keep their ids, and what is new here is appended."""
+    base = base or {}
     rows_in = len(frame)
     dropped = dict(frame.attrs.get("dropped", {}))
     rows_in += sum(dropped.values())
@@ -101,12 +118,12 @@ def prepare(frame: pd.DataFrame, *, session_gap_hours: float = 72.0, min_session
     val_end = np.maximum(train_end + 1, np.floor(total * (train_fraction + val_fraction) + 1e-9)).astype(int)
     visits["split"] = np.where(rank < train_end, 0, np.where(rank < val_end, 1, 2))
     # 4. encodings and features
-    locations = sorted(visits.location.unique())
+    locations = extend(base.get("locations"), visits.location.unique())
     visits["location_id"] = visits.location.map({loc: i + 1 for i, loc in enumerate(locations)}).astype(np.int64)
-    categories = sorted(c for c in visits.category.fillna("").unique() if c)
+    categories = extend(base.get("categories"), (c for c in visits.category.fillna("").unique() if c))
     visits["category_id"] = visits.category.fillna("").map(
         {c: i + 1 for i, c in enumerate(categories)} | {"": 0}).astype(np.int64)
-    cities = sorted(visits.city.unique())
+    cities = extend(base.get("cities"), visits.city.unique())
     visits["city_id"] = visits.city.map({c: i for i, c in enumerate(cities)}).astype(np.int64)
     users = sorted(visits.user.unique())
     visits["user_id"] = visits.user.map({u: i for i, u in enumerate(users)}).astype(np.int64)
