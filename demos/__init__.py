@@ -21,6 +21,7 @@ FAMILY_DEMOS = {
     "acoustic": "moezoo.demos.acoustic",
     "deweather": "moezoo.demos.deweather",
     "vl": "moezoo.demos.vision_language",
+    "mobility": "moezoo.demos.mobility",
 }
 
 

@@ -17,7 +17,7 @@ PACKAGED = {name: w for name, w in list_weights().items() if w.path}
 
 def test_every_landed_family_ships_small_checked_weights():
     families = {w.task.split("/")[0] for w in PACKAGED.values()}
-    assert families == {"image-classification", "graph", "ctr", "dit", "acoustic", "deweather", "vl"}
+    assert families == {"image-classification", "graph", "ctr", "dit", "acoustic", "deweather", "vl", "mobility"}
     for name, weights in PACKAGED.items():
         folder = download(name)  # checks every sha256
         assert (folder / "model.safetensors").stat().st_size < 7e6, "a few MB at most"

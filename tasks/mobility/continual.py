@@ -131,7 +131,8 @@ def generate_replay(teacher, template: dict[str, torch.Tensor], *, sample_top: i
 
 def _location_features(model, locations: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"locations": locations, "categories": model.location_categories[locations],
-            "coords": model.location_coords[locations], "patterns": model.location_patterns[locations]}
+            "coords": model.location_coords[locations], "patterns": model.location_patterns[locations],
+            "latlon": model.location_latlon[locations]}
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,

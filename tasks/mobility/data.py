@@ -89,6 +89,7 @@ class MobilityData(SplitDataModule):
 
     model_links = {"num_locations": "num_locations", "num_categories": "num_categories",
                    "num_cities": "num_cities", "max_len": "max_len", "city_names": "city_names",
+                   "category_names": "category_names",
                    "vocabulary_digest": "vocabulary_digest", "base_vocabulary_digest": "base_vocabulary_digest"}
 
     def __init__(self, format: str = "synthetic", path: str | list[str] | None = None, pois: str | None = None,
@@ -163,6 +164,10 @@ class MobilityData(SplitDataModule):
     @property
     def city_names(self) -> list[str]:
         return list(self.get_prepared().cities)
+
+    @property
+    def category_names(self) -> list[str]:
+        return list(self.get_prepared().categories)
 
     @property
     def vocabulary_digest(self) -> str:

@@ -30,8 +30,8 @@ class MarkovModel(TaskModule):
     monitor_mode = "max"
 
     def __init__(self, num_locations: int = 1, num_categories: int = 0, num_cities: int = 1, max_len: int = 32,
-                 city_names: list[str] | None = None, vocabulary_digest: str | None = None,
-                 base_vocabulary_digest: str | None = None):
+                 city_names: list[str] | None = None, category_names: list[str] | None = None,
+                 vocabulary_digest: str | None = None, base_vocabulary_digest: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False

@@ -83,7 +83,7 @@ class NextLocationModel(TaskModule):
     """Next-location prediction (module docstring). Sizes come from the data (``MobilityData.model_links``).
 
     Args:
-        num_locations, num_categories, num_cities, max_len, city_names: linked from the data.
+        num_locations, num_categories, num_cities, max_len, city_names, category_names: linked from the data.
         dim, depth, num_heads, mlp_ratio, dropout: the transformer.
         moe: the MoE FFN (None with ``moe_every: 0``: dense); moe_every: an MoE FFN in every n-th block.
         router_features: ``none``, ``mobility`` (MoveGCL) or ``spatial`` (TrajMoE); feature_width: the width of each
@@ -99,7 +99,8 @@ class NextLocationModel(TaskModule):
     monitor_mode = "max"
 
     def __init__(self, num_locations: int = 1, num_categories: int = 0, num_cities: int = 1, max_len: int = 32,
-                 city_names: list[str] | None = None, dim: int = 64, depth: int = 2, num_heads: int = 4,
+                 city_names: list[str] | None = None, category_names: list[str] | None = None, dim: int = 64,
+                 depth: int = 2, num_heads: int = 4,
                  mlp_ratio: float = 4.0, dropout: float = 0.1, moe: MoEArgs | None = None, moe_every: int = 1,
                  router_features: str = "none", feature_width: int = 16, continual: bool = False,
                  teacher: str | None = None,
@@ -114,6 +115,7 @@ class NextLocationModel(TaskModule):
             raise MoezooError(f"model.router_features: {router_features} needs MoE layers (moe_every > 0)")
         self.num_locations, self.max_len = num_locations, max_len
         self.city_names = list(city_names or [f"city{i}" for i in range(num_cities)])
+        self.category_names = list(category_names or [])
         self.routing_label_names = {"city": self.city_names,
                                     "gyration": [f"q{i + 1}" for i in range(NUM_USER_BINS)],
                                     "entropy": [f"q{i + 1}" for i in range(NUM_USER_BINS)]}
@@ -133,6 +135,7 @@ class NextLocationModel(TaskModule):
         # what the data showed about each location and city in training (kept for replay and the demo)
         self.register_buffer("location_categories", torch.zeros(num_locations + 1, dtype=torch.long))
         self.register_buffer("location_coords", torch.zeros(num_locations + 1, 2))
+        self.register_buffer("location_latlon", torch.full((num_locations + 1, 2), float("nan")))
         self.register_buffer("location_patterns", torch.zeros(num_locations + 1, PATTERN_BINS))
         self.register_buffer("first_locations", torch.zeros(num_cities, num_locations + 1))
         self.teacher_path, self.replay = teacher, replay
@@ -194,6 +197,8 @@ class NextLocationModel(TaskModule):
         self.location_categories[locations] = batch["categories"][valid]
         self.location_coords[locations] = batch["coords"][valid].to(self.location_coords.dtype)
         self.location_patterns[locations] = batch["patterns"][valid].to(self.location_patterns.dtype)
+        if "latlon" in batch:
+            self.location_latlon[locations] = batch["latlon"][valid].to(self.location_latlon.dtype)
         starts = batch["locations"][:, 0]
         self.first_locations.index_put_((batch["city"], starts), torch.ones_like(starts, dtype=torch.float),
                                         accumulate=True)

@@ -176,7 +176,8 @@ class WindowDataset(Dataset):
     """Windows of one split (module docstring, step 5). Each item is a dict of tensors:
 
     ``locations``, ``categories``, ``hours``, ``gap_bins``, ``distance_bins`` [L] long (0-padded at the right),
-    ``coords`` [L, 2], ``patterns`` [L, 24] float (the input visits' features), ``targets`` [L] long (the next
+    ``coords`` [L, 2] (normalised per city), ``latlon`` [L, 2] (degrees; NaN when unknown), ``patterns`` [L, 24]
+    float (the input visits' features), ``targets`` [L] long (the next
     location id at each position, 0 = none), ``target_categories`` [L], ``mask`` [L] bool (a target of this split),
     and per sample ``city``, ``user``, ``gyration_bin``, ``entropy_bin`` (long scalars).
     """
@@ -188,6 +189,7 @@ class WindowDataset(Dataset):
         visits = prepared.visits
         self.columns = {c: torch.tensor(visits[c].to_numpy()) for c in TOKEN_FEATURES}
         self.coords = torch.as_tensor(visits[["x", "y"]].to_numpy(np.float32))
+        self.latlon = torch.as_tensor(visits[["latitude", "longitude"]].to_numpy(np.float32))
         self.patterns = torch.as_tensor(prepared.patterns)
         self.user_columns = {c: torch.tensor(visits[c].to_numpy()) for c in
                              ("city_id", "user_id", "gyration_bin", "entropy_bin")}
@@ -220,6 +222,7 @@ class WindowDataset(Dataset):
         for column, name in names.items():
             item[name] = torch.nn.functional.pad(self.columns[column][rows], (0, pad))
         item["coords"] = torch.nn.functional.pad(self.coords[rows], (0, 0, 0, pad))
+        item["latlon"] = torch.nn.functional.pad(self.latlon[rows], (0, 0, 0, pad))
         item["patterns"] = self.patterns[item["locations"]]
         target_rows = rows + 1
         item["targets"] = torch.nn.functional.pad(self.columns["location_id"][target_rows], (0, pad))
