@@ -42,6 +42,9 @@ class MarkovModel(TaskModule):
         self.register_buffer("popularity", torch.zeros(num_locations + 1))
         self.metrics = torch.nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in ("val", "test")
                                             for name in METRICS})
+        self.city_metrics = torch.nn.ModuleDict({f"{stage}_{name}_{c}": MeanMetric() for stage in ("val", "test")
+                                                 for name in METRICS for c in range(num_cities)}) \
+            if num_cities > 1 else torch.nn.ModuleDict()
         self._counts: dict[tuple[int, int], Counter] | None = None  # (user or -1, previous) -> next counts
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -111,8 +114,18 @@ class MarkovModel(TaskModule):
         scores = self.scores(users, batch["locations"][mask].tolist()).to(mask.device)
         targets = batch["targets"][mask]
         n = max(1, targets.numel())
-        for name, value in rank_metrics(scores, targets).items():
+        values = rank_metrics(scores, targets)
+        for name, value in values.items():
             metric = self.metrics[f"{stage}_{name}"]
             metric.update(value)
             self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "acc1", batch_size=n)
+        if len(self.city_metrics):
+            city = batch["city"][:, None].expand_as(mask)[mask]
+            for c, city_name in enumerate(self.city_names):
+                mine = city == c
+                if bool(mine.any()):
+                    for name, value in values.items():
+                        metric = self.city_metrics[f"{stage}_{name}_{c}"]
+                        metric.update(value[mine])
+                        self.log(f"{stage}/{name}/{city_name}", metric, on_epoch=True, batch_size=int(mine.sum()))
         return scores.new_zeros(())

@@ -38,6 +38,7 @@ def test_transformer_variants_fit_and_test(tmp_path, variant):
 def test_markov_baseline_counts_once_and_tests_from_its_checkpoint(tmp_path):
     metrics = fit(tmp_path, "markov")
     assert metrics["epochs"] == 1 and metrics["test/acc1"] > 0.1  # routines are predictable
+    assert metrics["test/acc1/Compact"] > metrics["test/acc1/Sprawl"]  # the routine city beats the exploring one
     main(["test", "--task", "mobility/markov", "--trainer.default_root_dir", str(tmp_path / "again"),
           "--ckpt_path", metrics["best_model_path"], *TINY])
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
