@@ -67,8 +67,8 @@ class AllToAllDispatch:
 
     def __call__(self, x: torch.Tensor, routing: Routing, bank: nn.Module) -> torch.Tensor:
         size, local = self.size, self.local_experts
-        order, _ = kernels.sort_by_expert(routing.expert_index, self.num_experts)
-        counts = torch.bincount(routing.expert_index, minlength=self.num_experts)
+        order, offsets = kernels.sort_by_expert(routing.expert_index, self.num_experts)
+        counts = torch.diff(offsets.long(), prepend=offsets.new_zeros(1).long())  # assignments per global expert
         token_index = routing.token_index[order]
         recv_counts = torch.empty_like(counts)
         dist.all_to_all_single(recv_counts, counts, group=self.group)  # [P, E/P]: from rank q, rows per my expert

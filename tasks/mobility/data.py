@@ -29,7 +29,7 @@ from moezoo.errors import MoezooError
 from moezoo.training.data import SplitDataModule
 
 from . import synthetic
-from .sequences import NUM_USER_BINS, Prepared, WindowDataset, prepare, vocabulary_digest
+from .sequences import Prepared, WindowDataset, prepare, vocabulary_digest
 
 FORMATS = ("synthetic", "tsmc2014", "getnext", "stan", "mielab", "gps")
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -247,7 +247,3 @@ class MobilityData(SplitDataModule):
             if not len(dataset):
                 raise MoezooError(f"data: the {name} split has no targets ({prepared.summary()}); give more visits "
                                   "per user or change train_fraction / val_fraction")
-
-    @property
-    def user_bins(self) -> int:
-        return NUM_USER_BINS

@@ -16,11 +16,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import torch
-from torchmetrics import MeanMetric
 
 from moezoo.training import TaskModule
 
-from .model import METRICS, rank_metrics
+from .model import RankMetrics
 
 
 class MarkovModel(TaskModule):
@@ -40,11 +39,7 @@ class MarkovModel(TaskModule):
         self.step_placeholder = torch.nn.Parameter(torch.zeros(()))  # see the module docstring
         self.register_buffer("transitions", torch.zeros(0, 4, dtype=torch.long))
         self.register_buffer("popularity", torch.zeros(num_locations + 1))
-        self.metrics = torch.nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in ("val", "test")
-                                            for name in METRICS})
-        self.city_metrics = torch.nn.ModuleDict({f"{stage}_{name}_{c}": MeanMetric() for stage in ("val", "test")
-                                                 for name in METRICS for c in range(num_cities)}) \
-            if num_cities > 1 else torch.nn.ModuleDict()
+        self.metrics = RankMetrics(self.city_names)
         self._counts: dict[tuple[int, int], Counter] | None = None  # (user or -1, previous) -> next counts
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -113,19 +108,5 @@ class MarkovModel(TaskModule):
         users = batch["user"][:, None].expand_as(mask)[mask].tolist()
         scores = self.scores(users, batch["locations"][mask].tolist()).to(mask.device)
         targets = batch["targets"][mask]
-        n = max(1, targets.numel())
-        values = rank_metrics(scores, targets)
-        for name, value in values.items():
-            metric = self.metrics[f"{stage}_{name}"]
-            metric.update(value)
-            self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "acc1", batch_size=n)
-        if len(self.city_metrics):
-            city = batch["city"][:, None].expand_as(mask)[mask]
-            for c, city_name in enumerate(self.city_names):
-                mine = city == c
-                if bool(mine.any()):
-                    for name, value in values.items():
-                        metric = self.city_metrics[f"{stage}_{name}_{c}"]
-                        metric.update(value[mine])
-                        self.log(f"{stage}/{name}/{city_name}", metric, on_epoch=True, batch_size=int(mine.sum()))
+        self.metrics.log(self, stage, scores, targets, batch["city"][:, None].expand_as(mask)[mask])
         return scores.new_zeros(())

@@ -47,6 +47,39 @@ def rank_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch
             "mrr": 1.0 / (rank + 1.0)}
 
 
+class RankMetrics(nn.Module):
+    """Acc@1/5/10 and MRR of the validation and test targets, overall and (with several cities) per city, as
+    torchmetrics ``MeanMetric``s that ``log`` updates and logs on a LightningModule."""
+
+    def __init__(self, city_names: list[str]):
+        super().__init__()
+        self.city_names = list(city_names)
+        self.overall = nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in ("val", "test")
+                                      for name in METRICS})
+        self.by_city = nn.ModuleDict({f"{stage}_{name}_{c}": MeanMetric() for stage in ("val", "test")
+                                      for name in METRICS for c in range(len(city_names))}) \
+            if len(city_names) > 1 else nn.ModuleDict()
+
+    def log(self, module, stage: str, scores: torch.Tensor, targets: torch.Tensor, city: torch.Tensor) -> None:
+        """Rank ``targets`` [n] among ``scores`` [n, V] (``city`` [n]: each target's city) and log the metrics."""
+        values = rank_metrics(scores.float(), targets)
+        n = max(1, targets.numel())
+        for name, value in values.items():
+            metric = self.overall[f"{stage}_{name}"]
+            metric.update(value)
+            module.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "acc1", batch_size=n)
+        if not len(self.by_city):
+            return
+        for c, city_name in enumerate(self.city_names):
+            mine = city == c
+            if not bool(mine.any()):
+                continue
+            for name, value in values.items():
+                metric = self.by_city[f"{stage}_{name}_{c}"]
+                metric.update(value[mine])
+                module.log(f"{stage}/{name}/{city_name}", metric, on_epoch=True, batch_size=int(mine.sum()))
+
+
 class RouterFeatures(nn.Module):
     """The per-token features the routers read next to the hidden state (module docstring), [B, L, width]."""
 
@@ -142,11 +175,7 @@ class NextLocationModel(TaskModule):
         self.distill_temperature, self.sample_top = distill_temperature, sample_top
         self._teacher = None  # a plain attribute (set with object.__setattr__): not a submodule, never saved
         self._frozen = False
-        self.metrics = nn.ModuleDict({f"{stage}_{name}": MeanMetric() for stage in ("val", "test")
-                                      for name in METRICS})
-        self.city_metrics = nn.ModuleDict({f"{stage}_{name}_{c}": MeanMetric() for stage in ("val", "test")
-                                           for name in METRICS for c in range(num_cities)}) \
-            if num_cities > 1 else nn.ModuleDict()
+        self.metrics = RankMetrics(self.city_names)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Next-location logits [B, L, N + 1] (column 0, padding, is never predicted)."""
@@ -240,21 +269,7 @@ class NextLocationModel(TaskModule):
             return loss
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n)
         with torch.no_grad():
-            values = rank_metrics(chosen.float(), targets)
-            for name, value in values.items():
-                metric = self.metrics[f"{stage}_{name}"]
-                metric.update(value)
-                self.log(f"{stage}/{name}", metric, on_epoch=True, prog_bar=name == "acc1", batch_size=n)
-            if len(self.city_metrics):
-                city = batch["city"][:, None].expand_as(mask)[mask]
-                for c, city_name in enumerate(self.city_names):
-                    mine = city == c
-                    if not bool(mine.any()):
-                        continue
-                    for name, value in values.items():
-                        metric = self.city_metrics[f"{stage}_{name}_{c}"]
-                        metric.update(value[mine])
-                        self.log(f"{stage}/{name}/{city_name}", metric, on_epoch=True, batch_size=int(mine.sum()))
+            self.metrics.log(self, stage, chosen, targets, batch["city"][:, None].expand_as(mask)[mask])
         return loss
 
     def predict_step(self, batch, batch_idx):

@@ -193,7 +193,6 @@ class WindowDataset(Dataset):
         self.patterns = torch.as_tensor(prepared.patterns)
         self.user_columns = {c: torch.tensor(visits[c].to_numpy()) for c in
                              ("city_id", "user_id", "gyration_bin", "entropy_bin")}
-        self.split_of = torch.tensor(visits.split.to_numpy())
         self.windows: list[tuple[int, int, int]] = []  # (input start, input end, first target row of the split)
         starts = np.flatnonzero(visits.user.ne(visits.user.shift()).to_numpy())
         ends = np.append(starts[1:], len(visits))
@@ -214,7 +213,7 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         start, stop, first_target = self.windows[index]
-        n, pad = stop - start, self.max_len - (stop - start)
+        pad = self.max_len - (stop - start)
         rows = torch.arange(start, stop)
         item = {}
         names = {"location_id": "locations", "category_id": "categories", "hour_of_week": "hours",
@@ -231,5 +230,4 @@ class WindowDataset(Dataset):
         for column, name in (("city_id", "city"), ("user_id", "user"), ("gyration_bin", "gyration_bin"),
                              ("entropy_bin", "entropy_bin")):
             item[name] = self.user_columns[column][start]
-        assert n >= 1
         return item
