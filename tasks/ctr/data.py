@@ -19,7 +19,6 @@ long, and ``user`` [B] long when a user column is named.
 from __future__ import annotations
 
 import re
-import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +31,7 @@ from moezoo.errors import MoezooError
 from moezoo.training.data import SplitDataModule
 
 from . import synthetic
+from .encoders import EncoderFit, Encoders, categorical_strings, numeric_values
 from .presets import PRESETS, Preset, check_label_values, read_csv, resolve_fields, resolve_labels
 
 
@@ -110,17 +110,19 @@ def label_values(frame: pd.DataFrame, name: str, definition: str, source: str) -
     return result.to_numpy(dtype=np.float32)
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 def task_name(definition: str) -> str:
     """A task's name from its label definition: the column itself, or a slug of the expression."""
     slug = "".join(ch if ch.isalnum() else "_" for ch in definition.replace(">", "gt").replace("<", "lt"))
     return "_".join(part for part in slug.split("_") if part) or "task"
 
 
-def stable_hash(values: pd.Series, buckets: int) -> np.ndarray:
-    return np.fromiter((zlib.crc32(v.encode()) % buckets + 1 for v in values), dtype=np.int64, count=len(values))
+def encoders_from_state(state: dict) -> Encoders:
+    """The ``Encoders`` of a ``CTRData.state_dict()`` (a checkpoint's, a hub folder's or a prepared directory's)."""
+    stats = {column: tuple(np.asarray(v, dtype=np.float64) if isinstance(v, list) else v for v in values)
+             for column, values in state["numeric_stats"].items()}
+    return Encoders(spec=dict(state["spec"]), task_names=list(state["task_names"]),
+                    vocab={column: dict(values) for column, values in state["vocab"].items()}, numeric_stats=stats,
+                    hash_buckets=state["hash_buckets"], domain_names=list(state["domain_names"]))
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -296,115 +298,28 @@ class CTRData(SplitDataModule):
             parts["test"] = order[:num_test]
         return {k: np.sort(v) for k, v in parts.items()}
 
-    @staticmethod
-    def _strings(column: pd.Series) -> pd.Series:
-        return column.astype("string").fillna("\0missing")
+    # the demo reads raw values as the encoders do
+    _strings, _numeric = staticmethod(categorical_strings), staticmethod(numeric_values)
 
     def _fit(self, train: pd.DataFrame, spec: dict, source: str) -> None:
         """Vocabularies, numeric statistics or bucket edges, and domain ids, from the training split."""
-        self.vocab: dict[str, dict[str, int]] = {}
-        for column in spec["categorical"]:
-            if self.hash_buckets:
-                continue
-            counts = self._strings(train[column]).value_counts()
-            kept = sorted(v for v, n in counts.items() if n >= self.min_count and v != "\0missing")
-            self.vocab[column] = {v: i + 1 for i, v in enumerate(kept)}
-        self.numeric_stats: dict[str, tuple] = {}
-        for column in spec["numeric"]:
-            values = self._numeric(train[column], column, spec["transform"], source)
-            if spec["transform"] == "bucketize":
-                finite = values[np.isfinite(values)]
-                edges = np.unique(np.quantile(finite, np.linspace(0, 1, self.num_buckets + 1)[1:-1])) \
-                    if finite.size else np.zeros(0)
-                self.numeric_stats[column] = (edges,)
-            else:
-                observed = values[~np.isnan(values)]
-                with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
-                    mean, std = (observed.mean(), observed.std()) if observed.size else (0.0, 1.0)
-                if not (np.isfinite(mean) and np.isfinite(std)):
-                    raise MoezooError(f"{source}: numeric column {column!r} holds values up to "
-                                      f"{np.abs(observed).max():.3g}, too large to standardise; use "
-                                      "--data.numeric_transform log or bucketize")
-                self.numeric_stats[column] = (mean, std if std > 0 else 1.0)
-        self.domain_names = ["all"]
-        if spec["domain"]:
-            self.domain_names = sorted(self._strings(train[spec["domain"]]).unique().tolist())
-        self.categorical_names = list(spec["categorical"])
-        self.numeric_names = list(spec["numeric"])
-        if spec["transform"] == "bucketize":
-            self.categorical_names += [f"{c}_bucket" for c in spec["numeric"]]
-            self.numeric_names = []
-        self.cardinalities = [self.hash_buckets + 1 if self.hash_buckets else len(self.vocab[c]) + 1
-                              for c in spec["categorical"]]
-        if spec["transform"] == "bucketize":
-            self.cardinalities += [len(self.numeric_stats[c][0]) + 2 for c in spec["numeric"]]
-        self.has_user = bool(spec["user"])
-        self._users: dict[str, int] = {}
+        fit = EncoderFit(spec, self.min_count, self.hash_buckets, self.num_buckets, source, seed=self.split_seed)
+        fit.update(train)
+        self._adopt(fit.finish(self.task_names))
 
-    @staticmethod
-    def _numeric(column: pd.Series, name: str, transform: str, source: str) -> np.ndarray:
-        """The numbers of a numeric column (float64, missing -> nan); non-numbers and infinities are errors."""
-        try:
-            values = pd.to_numeric(column, errors="coerce")
-        except (TypeError, ValueError):  # values pandas cannot even try (lists, dicts)
-            raise MoezooError(f"{source}: numeric column {name!r} holds a non-number, {column.iloc[0]!r}") from None
-        bad = column[values.isna() & column.notna()]
-        if len(bad):
-            raise MoezooError(f"{source}: numeric column {name!r} holds a non-number, {bad.iloc[0]!r}")
-        values = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        if np.isinf(values).any():
-            raise MoezooError(f"{source}: numeric column {name!r} holds {values[np.isinf(values)][0]} in "
-                              f"{int(np.isinf(values).sum())} rows (values must be finite)")
-        return np.log1p(np.clip(values, 0, None)) if transform == "log" else values
+    def _adopt(self, encoders: Encoders) -> None:
+        """Takes fitted encoders (from ``_fit``, ``load_state_dict`` or a prepared directory)."""
+        self.encoders = encoders
+        self._spec = dict(encoders.spec)
+        self.vocab, self.numeric_stats, self.hash_buckets = encoders.vocab, encoders.numeric_stats, \
+            encoders.hash_buckets
+        self.domain_names, self.task_names = list(encoders.domain_names), list(encoders.task_names)
+        self.categorical_names, self.numeric_names = encoders.categorical_names, encoders.numeric_names
+        self.cardinalities, self.has_user = encoders.cardinalities, encoders.has_user
 
     def _encode(self, frame: pd.DataFrame, labels: dict, spec: dict, split: str,
                 source: str) -> dict[str, torch.Tensor]:
-        rows = len(frame)
-        categorical = []
-        for column in spec["categorical"]:
-            strings = self._strings(frame[column])
-            if self.hash_buckets:
-                codes = stable_hash(strings, self.hash_buckets)
-                codes[(strings == "\0missing").to_numpy()] = 0
-            else:
-                codes = strings.map(self.vocab[column]).fillna(0).to_numpy(dtype=np.int64)
-            categorical.append(codes)
-        numeric = []
-        for column in spec["numeric"]:
-            values = self._numeric(frame[column], column, spec["transform"], source)
-            if spec["transform"] == "bucketize":
-                (edges,) = self.numeric_stats[column]
-                codes = np.searchsorted(edges, values, side="right") + 1
-                codes[np.isnan(values)] = 0
-                categorical.append(codes.astype(np.int64))
-            else:
-                mean, std = self.numeric_stats[column]
-                # a value far outside the training range saturates at float32's largest instead of becoming inf
-                with np.errstate(over="ignore"):
-                    scaled = np.nan_to_num((values - mean) / std, nan=0.0)
-                numeric.append(np.clip(scaled, -FLOAT32_MAX, FLOAT32_MAX))
-        tensors = {
-            "categorical": torch.as_tensor(np.stack(categorical, 1) if categorical else np.zeros((rows, 0)),
-                                           dtype=torch.long),
-            "numeric": torch.as_tensor(np.stack(numeric, 1) if numeric else np.zeros((rows, 0)), dtype=torch.float),
-            "labels": torch.as_tensor(np.stack([labels[t] for t in self.task_names], 1), dtype=torch.float),
-        }
-        if spec["domain"]:
-            index = {name: i for i, name in enumerate(self.domain_names)}
-            strings = self._strings(frame[spec["domain"]])
-            unknown = sorted(set(strings.unique()) - set(index))
-            if unknown:
-                raise MoezooError(f"{source}: the {split} split has domain {unknown[0]!r}, which the training "
-                                  f"split does not have ({', '.join(map(repr, self.domain_names[:10]))})")
-            tensors["domain"] = torch.tensor(strings.map(index).to_numpy(dtype=np.int64))
-        else:
-            tensors["domain"] = torch.zeros(rows, dtype=torch.long)
-        if spec["user"]:
-            users = self._strings(frame[spec["user"]])
-            for u in users.unique():
-                self._users.setdefault(u, len(self._users))
-            tensors["user"] = torch.tensor(users.map(self._users).to_numpy(dtype=np.int64))
-        return tensors
+        return self.encoders.encode(frame, labels, split, source, with_user=bool(spec.get("user")))
 
     # -- the fitted encoders, saved with the weights -----------------------------------------------------------
     STATE_FORMAT = 1
@@ -434,15 +349,7 @@ class CTRData(SplitDataModule):
         if not isinstance(state, dict) or state.get("moezoo_data") != self.STATE_FORMAT:
             raise MoezooError(f"data state: not a CTRData state of format {self.STATE_FORMAT} (keys: "
                               f"{', '.join(sorted(state)[:8]) if isinstance(state, dict) else type(state).__name__})")
-        self._spec = dict(state["spec"])
-        self.vocab = {column: dict(values) for column, values in state["vocab"].items()}
-        self.numeric_stats = {column: tuple(np.asarray(v, dtype=np.float64) if isinstance(v, list) else v
-                                            for v in stats) for column, stats in state["numeric_stats"].items()}
-        self.hash_buckets = state["hash_buckets"]
-        self.domain_names, self.task_names = list(state["domain_names"]), list(state["task_names"])
-        self.categorical_names, self.numeric_names = list(state["categorical_names"]), list(state["numeric_names"])
-        self.cardinalities, self.has_user = list(state["cardinalities"]), bool(state["has_user"])
-        self._users = {}
+        self._adopt(encoders_from_state(state))
 
     @property
     def spec(self) -> dict:
