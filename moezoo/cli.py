@@ -18,6 +18,7 @@ STAGES = ("fit", "validate", "test", "predict")
 USAGE = """usage: moezoo {fit,validate,test,predict} --task NAME [LightningCLI flags ...]
        moezoo tasks
        moezoo export --ckpt_path CKPT --to DIR [--task NAME]
+       moezoo prepare --task NAME --data.path FILE [--data.* ...] --to DIR
        moezoo weights | moezoo download NAME
        moezoo demo --task NAME [--weights NAME|DIR | --ckpt_path CKPT] [--port N] [--share false]
 
@@ -26,6 +27,9 @@ USAGE = """usage: moezoo {fit,validate,test,predict} --task NAME [LightningCLI f
   tasks                       list the registered task variants
   export                      a checkpoint of `moezoo fit` as a hub folder (config.json, model.safetensors,
                               README.md model card) that `<TaskClass>.from_pretrained(DIR)` loads
+  prepare                     convert a data file too large for memory once (shards and fitted encoders in DIR;
+                              then train with --data.path DIR and the same --data options); for data modules with
+                              a prepare(to) method (the CTR family)
   weights                     list the registered pretrained weights (moezoo/weights.yaml, $MOEZOO_WEIGHTS)
   download NAME               fetch weights into the Hugging Face cache, check every sha256, print the folder
   --weights NAME              (fit|validate|test|predict) start from registered weights (or a hub folder)
@@ -149,6 +153,44 @@ def _export(argv: list[str]) -> None:
     print(out)
 
 
+def _prepare(argv: list[str]) -> None:
+    """``moezoo prepare``: the task's data module from its config and the ``--data.*`` flags, then ``prepare(to)``."""
+    task, rest = _split_task(argv)
+    to, rest = _take_option(rest, "--to", "the directory to write")
+    if task is None or to is None:
+        raise MoezooError("prepare: give --task NAME, --data.path FILE and --to DIR (and the --data options "
+                          "training will use)")
+    unknown = [a for a in rest if a.startswith("--") and not a.startswith("--data")]
+    if unknown:
+        raise MoezooError(f"prepare: only --task, --to and --data.* options are read, not {unknown[0]}")
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning import LightningDataModule
+
+    from moezoo.registry import resolve_task
+    from moezoo.training.cli import config_error
+
+    config = yaml.safe_load(resolve_task(task).config.read_text()) or {}
+    parser = ArgumentParser(prog="moezoo prepare", exit_on_error=False, parser_mode="omegaconf")
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    try:
+        parsed = parser.parse_args(["--data", json.dumps(config.get("data") or {}), *rest])
+        data = parser.instantiate_classes(parsed).data
+    except argparse.ArgumentError as err:
+        raise MoezooError(" ".join(config_error(str(err), parser, "prepare").split())) from None
+    except ValueError as err:  # the class rejected its arguments
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, MoezooError):
+            cause = cause.__cause__
+        raise (cause or MoezooError(_instantiation_error(str(err)) or " ".join(str(err).split()))) from None
+    if not callable(getattr(data, "prepare", None)):
+        raise MoezooError(f"prepare: the data module of {task} ({type(data).__name__}) reads its data as it is; "
+                          "it has no prepare(to)")
+    marker = data.prepare(Path(to))
+    rows = ", ".join(f"{split} {count:,}" for split, count in marker.get("rows", {}).items())
+    print(f"moezoo prepare: {to} ({rows} rows); train with --data.path {to} and the same --data options")
+
+
 def _download(argv: list[str]) -> None:
     parser = _Arguments(prog="download", description="fetch registered weights and check their sha256")
     parser.add_argument("name", help="a name from `moezoo weights`")
@@ -212,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
             _print_tasks()
         elif command == "export":
             _export(rest)
+        elif command == "prepare":
+            _prepare(rest)
         elif command == "weights":
             from moezoo.weights import print_weights
 
@@ -223,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         elif command in STAGES:
             _run_lightning(command, rest)
         else:
-            commands = (*STAGES, "tasks", "export", "weights", "download", "demo")
+            commands = (*STAGES, "tasks", "export", "prepare", "weights", "download", "demo")
             raise MoezooError(f"unknown command {command!r}; valid: {', '.join(commands)}")
     except MoezooError as err:
         print(f"{Path(sys.argv[0]).name or 'moezoo'}: error: {_message(err)}", file=sys.stderr)

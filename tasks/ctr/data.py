@@ -5,19 +5,25 @@
   or an explicit spec: ``labels`` (one per task: a 0/1 column or a boolean pandas expression such as
   ``income == '>50K'``), ``categorical``, ``numeric``, ``domain`` and ``user`` columns. Explicit fields override a
   preset's.
+- ``path: DIR`` written by ``moezoo prepare`` (``prepare.py``; it holds ``prepared.json``): Parquet shards streamed
+  row group by row group over DDP ranks and DataLoader workers (``stream.py``), with the encoders fitted at
+  preparation; the other options must be those ``prepare`` had (checked against the marker, one line if not).
 - Splits: ``test_path`` (or a preset's sibling test file) is the test split and ``val_fraction`` of the training
-  rows validate; otherwise the rows are split train/val/test by a seeded permutation.
+  rows validate; otherwise the rows are split train/val/test by a seeded permutation (``split_indices``: the same
+  rows for a file read in memory and for its prepared directory).
 
-Encoding (fitted on the training split only): categorical values -> 1..n by vocabulary (values seen fewer than
-``min_count`` times, unseen values and missing ones -> the reserved index 0), or with ``hash_buckets`` N a stable
-hash (crc32) into 1..N; numeric -> standardised (``log``: log1p of the clipped value first; missing -> 0 after
-scaling) or ``bucketize``d into quantile buckets (then they are categorical fields); domains -> 0..D-1.
+Encoding (``encoders.py``, fitted on the training split only): categorical values -> 1..n by vocabulary (values
+seen fewer than ``min_count`` times, unseen values and missing ones -> the reserved index 0), or with
+``hash_buckets`` N a stable hash (crc32) into 1..N; numeric -> standardised (``log``: log1p of the clipped value
+first; missing -> 0 after scaling) or ``bucketize``d into quantile buckets (then they are categorical fields);
+domains -> 0..D-1.
 Batches are dicts: ``categorical`` [B, F] long, ``numeric`` [B, N] float, ``labels`` [B, T] float, ``domain`` [B]
-long, and ``user`` [B] long when a user column is named.
+long, and ``user`` [B] long (a 64-bit hash of the user value) when a user column is named.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -30,9 +36,10 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 from moezoo.errors import MoezooError
 from moezoo.training.data import SplitDataModule
 
-from . import synthetic
+from . import stream, synthetic
 from .encoders import EncoderFit, Encoders, categorical_strings, numeric_values
 from .presets import PRESETS, Preset, check_label_values, read_csv, resolve_fields, resolve_labels
+from .stream import EpochLoader, StreamedRows
 
 
 def one_line(error: BaseException) -> str:
@@ -116,6 +123,31 @@ def task_name(definition: str) -> str:
     return "_".join(part for part in slug.split("_") if part) or "task"
 
 
+def split_indices(rows: int, val_fraction: float, test_fraction: float, seed: int, has_test: bool,
+                  source: str) -> dict[str, np.ndarray]:
+    """Seeded train/val[/test] row numbers, each sorted; a split with a positive fraction gets at least one row.
+    (``moezoo prepare`` splits by it too: a file both paths can read gets the same rows in each split.)"""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1):
+        raise MoezooError(f"data: val_fraction={val_fraction} and test_fraction={test_fraction} must each be in "
+                          "[0, 1)")
+
+    def size(fraction: float) -> int:
+        return max(1, int(round(fraction * rows))) if fraction > 0 else 0
+
+    order = np.random.default_rng(seed).permutation(rows)
+    num_test = 0 if has_test else size(test_fraction)
+    num_val = size(val_fraction)
+    if rows - num_test - num_val <= 0:
+        fractions = f"val_fraction={val_fraction}" + ("" if has_test else f", test_fraction={test_fraction}")
+        raise MoezooError(f"{source}: {rows} rows cannot be split into non-empty train/val"
+                          f"{'' if has_test else '/test'} splits ({fractions}): they leave no training rows; "
+                          f"give at least {1 + (num_val > 0) + (num_test > 0)} rows or smaller fractions")
+    parts = {"val": order[num_test:num_test + num_val], "train": order[num_test + num_val:]}
+    if not has_test:
+        parts["test"] = order[:num_test]
+    return {k: np.sort(v) for k, v in parts.items()}
+
+
 def encoders_from_state(state: dict) -> Encoders:
     """The ``Encoders`` of a ``CTRData.state_dict()`` (a checkpoint's, a hub folder's or a prepared directory's)."""
     stats = {column: tuple(np.asarray(v, dtype=np.float64) if isinstance(v, list) else v for v in values)
@@ -157,6 +189,7 @@ class CTRData(SplitDataModule):
         num_buckets: buckets per numeric field with ``bucketize``.
         batch_size, num_workers: loader settings.
         num_samples, num_domains: size of the generated default.
+        shuffle_buffer: rows of a prepared directory's shuffle buffer (per DataLoader worker).
     """
 
     model_links = {"field_cardinalities": "cardinalities", "num_numeric": "num_numeric", "tasks": "tasks",
@@ -170,7 +203,8 @@ class CTRData(SplitDataModule):
                  user: str | None = None, test_path: str | None = None, val_fraction: float = 0.1,
                  test_fraction: float = 0.2, split_seed: int = 0, min_count: int = 1, hash_buckets: int | None = None,
                  numeric_transform: Literal["standard", "log", "bucketize"] | None = None, num_buckets: int = 16,
-                 batch_size: int = 1024, num_workers: int = 0, num_samples: int = 100_000, num_domains: int = 3):
+                 batch_size: int = 1024, num_workers: int = 0, num_samples: int = 100_000, num_domains: int = 3,
+                 shuffle_buffer: int = 262_144):
         super().__init__()
         self.path = None if path is None else Path(path).expanduser()
         self.test_path = None if test_path is None else Path(test_path).expanduser()
@@ -181,7 +215,8 @@ class CTRData(SplitDataModule):
         self.numeric_transform_arg = numeric_transform
         self.batch_size, self.num_workers = batch_size, num_workers
         self.num_samples, self.num_domains_arg = num_samples, num_domains
-        self.splits: dict[str, _Rows] | None = None
+        self.shuffle_buffer = shuffle_buffer
+        self.splits: dict[str, _Rows | StreamedRows] | None = None
 
     # -- reading ------------------------------------------------------------------------------------------------
     def _load(self) -> tuple[pd.DataFrame, pd.DataFrame | None, dict, str]:
@@ -191,6 +226,21 @@ class CTRData(SplitDataModule):
             spec = {"labels": {"click": "click", "purchase": "purchase"}, "categorical": list(synthetic.CATEGORICAL),
                     "numeric": list(synthetic.NUMERIC), "domain": "domain", "transform": "standard"}
             return frame, None, self._override(frame, spec), "the embedded generator"
+        read, layout, preset = self._reader()
+        frame = read_file(read, self.path, "data.path", layout)
+        test_path = self._test_file(preset)
+        test = None
+        if test_path is not None:
+            test = read_file(read, test_path, "data.test_path", layout)
+        if preset:
+            check_label_values(preset, frame, str(self.path))
+            if test is not None:
+                check_label_values(preset, test, str(test_path))
+        self._test_source = str(test_path)
+        return frame, test, self._spec_for(frame, preset), str(self.path)
+
+    def _reader(self) -> tuple:
+        """(reader of a file, its layout's name, the preset or None) for ``path``."""
         preset: Preset | None = None
         if self.preset is not None:
             if self.preset not in PRESETS:
@@ -200,21 +250,19 @@ class CTRData(SplitDataModule):
             raise MoezooError("data: give --data.preset NAME or the labels (--data.labels '[column, ...]') of the "
                               f"tasks in {self.path}")
         read, layout = (preset.read, self.preset) if preset else (read_table, "CSV/Parquet")
-        frame = read_file(read, self.path, "data.path", layout)
-        test_path = self.test_path or (preset.test_file(self.path) if preset else None)
-        test = None
-        if test_path is not None:
-            test = read_file(read, test_path, "data.test_path", layout)
+        return read, layout, preset
+
+    def _test_file(self, preset: Preset | None) -> Path | None:
+        return self.test_path or (preset.test_file(self.path) if preset else None)
+
+    def _spec_for(self, frame: pd.DataFrame, preset: Preset | None) -> dict:
+        """The spec (labels, fields, domain, user, transform) of a frame of the data: the preset's, overridden."""
         spec = {"labels": {}, "categorical": [], "numeric": [], "domain": None, "transform": "standard"}
         if preset:
-            check_label_values(preset, frame, str(self.path))
-            if test is not None:
-                check_label_values(preset, test, str(test_path))
             spec = {"labels": resolve_labels(preset, frame), "categorical": resolve_fields(preset.categorical, frame),
                     "numeric": resolve_fields(preset.numeric, frame), "domain": preset.domain,
                     "transform": preset.numeric_transform}
-        self._test_source = str(test_path)
-        return frame, test, self._override(frame, spec), str(self.path)
+        return self._override(frame, spec)
 
     def _override(self, frame: pd.DataFrame, spec: dict) -> dict:
         if self.labels_arg:
@@ -254,6 +302,9 @@ class CTRData(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
+        if self.path is not None and self.path.is_dir():
+            self._setup_prepared()
+            return
         frame, test, spec, source = self._load()
         self._check_spec(frame, spec, source)
         parts = self._split(len(frame), test is not None, source)
@@ -276,27 +327,7 @@ class CTRData(SplitDataModule):
         self.splits = {k: _Rows(self._encode(f, label_parts[k], spec, k, sources[k])) for k, f in frames.items()}
 
     def _split(self, rows: int, has_test: bool, source: str) -> dict[str, np.ndarray]:
-        """Seeded train/val[/test] rows; a split with a positive fraction gets at least one row."""
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):
-            raise MoezooError(f"data: val_fraction={self.val_fraction} and test_fraction={self.test_fraction} must "
-                              "each be in [0, 1)")
-
-        def size(fraction: float) -> int:
-            return max(1, int(round(fraction * rows))) if fraction > 0 else 0
-
-        order = np.random.default_rng(self.split_seed).permutation(rows)
-        num_test = 0 if has_test else size(self.test_fraction)
-        num_val = size(self.val_fraction)
-        if rows - num_test - num_val <= 0:
-            fractions = f"val_fraction={self.val_fraction}" + ("" if has_test else
-                                                               f", test_fraction={self.test_fraction}")
-            raise MoezooError(f"{source}: {rows} rows cannot be split into non-empty train/val"
-                              f"{'' if has_test else '/test'} splits ({fractions}): they leave no training rows; "
-                              f"give at least {1 + (num_val > 0) + (num_test > 0)} rows or smaller fractions")
-        parts = {"val": order[num_test:num_test + num_val], "train": order[num_test + num_val:]}
-        if not has_test:
-            parts["test"] = order[:num_test]
-        return {k: np.sort(v) for k, v in parts.items()}
+        return split_indices(rows, self.val_fraction, self.test_fraction, self.split_seed, has_test, source)
 
     # the demo reads raw values as the encoders do
     _strings, _numeric = staticmethod(categorical_strings), staticmethod(numeric_values)
@@ -320,6 +351,43 @@ class CTRData(SplitDataModule):
     def _encode(self, frame: pd.DataFrame, labels: dict, spec: dict, split: str,
                 source: str) -> dict[str, torch.Tensor]:
         return self.encoders.encode(frame, labels, split, source, with_user=bool(spec.get("user")))
+
+    # -- a directory of `moezoo prepare` -------------------------------------------------------------------------
+    def prepare(self, to: str | Path) -> dict:
+        """Converts ``path`` (and its test file) into Parquet shards and fitted encoders in ``to``, in bounded
+        memory (``prepare.py``); ``CTRData(path=to, <the same options>)`` then streams them. Returns the marker."""
+        from .prepare import prepare
+
+        return prepare(self, Path(to))
+
+    def _setup_prepared(self) -> None:
+        from .prepare import OPTIONS, options_of
+
+        info = stream.read_marker(self.path)
+        given = options_of(self)
+        for key in OPTIONS:
+            if info["options"].get(key) != given[key]:
+                raise MoezooError(f"data.path {self.path}: prepared with data.{key}={info['options'].get(key)!r}, "
+                                  f"this run has {given[key]!r}; give the options `moezoo prepare` had (see "
+                                  f"{self.path / stream.MARKER}) or prepare again")
+        state_file = self.path / stream.STATE
+        try:
+            state = json.loads(state_file.read_text())
+            encoders = encoders_from_state(state)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise MoezooError(f"{state_file}: not readable fitted encoders ({one_line(error)}); prepare again") \
+                from None
+        self._adopt(encoders)
+        self.splits = {}
+        for split in stream.SPLITS:
+            groups = stream.split_row_groups(self.path, info, split)
+            if groups or split != "test":
+                self.splits[split] = StreamedRows(groups, encoders, self.batch_size, self.shuffle_buffer,
+                                                  seed=self.split_seed, source=str(self.path), split=split)
+
+    def _current_epoch(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else trainer.current_epoch
 
     # -- the fitted encoders, saved with the weights -----------------------------------------------------------
     STATE_FORMAT = 1
@@ -361,6 +429,14 @@ class CTRData(SplitDataModule):
     def raw_test_rows(self) -> pd.DataFrame:
         """The rows of the test split as the data holds them (before encoding), in the order of the encoded split.
         Reads the data again (the splits keep only the encoded tensors)."""
+        if self.path is not None and self.path.is_dir():
+            self.setup()
+            import pyarrow.parquet as pq
+
+            files = self.splits["test" if "test" in self.splits else "val"].groups
+            frame = pd.concat([pq.ParquetFile(g.path).read_row_group(g.index).to_pandas() for g in files])
+            return frame.drop(columns=[c for c in frame.columns if c.startswith(stream.LABEL_PREFIX)]) \
+                .reset_index(drop=True)
         frame, test, _, source = self._load()
         if test is None:
             test = frame.iloc[self._split(len(frame), False, source)["test"]]
@@ -404,8 +480,13 @@ class CTRData(SplitDataModule):
         self.setup()
         return bool(self.has_user)
 
-    def make_loader(self, rows: _Rows, shuffle: bool) -> DataLoader:
-        """Batches of ``batch_size`` rows, each gathered by one indexing of the row tensors."""
+    def make_loader(self, rows: _Rows | StreamedRows, shuffle: bool) -> DataLoader:
+        """Batches of ``batch_size`` rows, each gathered by one indexing of the row tensors (in memory), or read
+        from a prepared directory's row groups (``stream.py``: split over ranks and workers)."""
+        if isinstance(rows, StreamedRows):
+            rows = rows.with_options(shuffle=shuffle, train=shuffle, batch_size=self.batch_size,
+                                     num_workers=self.num_workers)
+            return EpochLoader(rows, self._current_epoch, num_workers=self.num_workers)
         sampler = RandomSampler(rows) if shuffle else SequentialSampler(rows)
         return DataLoader(rows, batch_size=None, sampler=BatchSampler(sampler, self.batch_size, drop_last=False),
                           num_workers=self.num_workers)
