@@ -1,4 +1,4 @@
-"""Node-classification graphs for full-batch training: Planetoid raw files and the heterophilous-graph npz format.
+"""Node-classification graphs, trained full-batch or on sampled mini-batches: Planetoid, heterophilous npz, OGB, LINKX.
 
 - Embedded default (``root: null``): Cora, shipped with moezoo (Planetoid raw files, MIT), public split.
 - Planetoid (``name: Cora|CiteSeer|PubMed``): ``root/<name>/raw/ind.<name>.{x,tx,allx,y,ty,ally,graph,test.index}``,
@@ -7,8 +7,20 @@
 - Heterophilous benchmark (Platonov et al. 2023, ``name: minesweeper|tolokers|...``): ``root/<name>.npz`` with
   ``node_features``, ``node_labels``, ``edges`` (each undirected edge once) and ten fixed ``train/val/test_masks``;
   ``split`` picks one. Binary sets are scored with ROC-AUC, as the benchmark prescribes.
+- OGB node property prediction (``name: ogbn-arxiv|ogbn-products|...``): ``root/ogbn_arxiv/raw`` CSVs (or OGB's
+  binary npz) and ``split/<type>/`` (``ogb.py``).
+- LINKX Facebook100 (``name: Penn94|...``): ``root/<name>.mat`` (or ``root/facebook100/``), a seeded random
+  50/25/25 split of the labelled nodes (``linkx.py``).
 
-Each batch is the whole graph (a PyG ``Data`` with ``train_mask``/``val_mask``/``test_mask``), with both
+``sampler: full`` (the default): each training batch is the whole graph. ``sampler: neighbor``: PyG's
+``NeighborLoader`` over the train nodes (``num_neighbors`` per hop, ``batch_size`` seeds, shuffled; ``sampling.py``).
+Validation, test and predict batches are the whole graph either way: one full-neighbourhood pass without gradients,
+so every node is scored exactly as full-batch evaluation scores it. In a multi-process run (DDP) the train nodes are
+split between the processes without overlap: sampled, a ``DistributedSampler`` (reshuffled every epoch, ``drop_last``)
+over the seeds; full-batch, each process's ``train_mask`` keeps a fixed disjoint share (a seeded permutation dealt
+round-robin), so the processes' averaged gradients are those of the whole train set.
+
+Each whole-graph batch (a PyG ``Data`` with ``train_mask``/``val_mask``/``test_mask``), with both
 ``edge_index`` and ``adj_t`` (the transposed adjacency as a torch sparse CSR matrix, PyG's ``ToSparseTensor``): GCN,
 GraphSAGE and GIN aggregate with one sparse-dense matmul on ``adj_t`` (4-6x faster per epoch on tolokers' 1M edges
 than gather/scatter over ``edge_index``); GAT needs per-edge attention and uses ``edge_index``.
@@ -16,6 +28,7 @@ than gather/scatter over ``edge_index``); GAT needs per-edge attention and uses 
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -23,7 +36,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch_geometric.transforms as T
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torch_geometric.data import Data
 from torch_geometric.utils import degree, to_undirected
 
@@ -31,6 +44,9 @@ from moezoo.errors import MoezooError
 from moezoo.training.data import SplitDataModule
 
 from . import planetoid
+from .linkx import fb100_path, read_fb100_mat
+from .ogb import read_ogb_node_dataset
+from .sampling import neighbor_loader
 
 PLANETOID = ("cora", "citeseer", "pubmed")
 PLANETOID_FILES = planetoid.FILES
@@ -95,7 +111,8 @@ def read_heterophilous_npz(path: Path, split: int) -> Data:
     with every class present, at least two), finite features, and the split's three masks non-empty and disjoint.
     """
     if not path.is_file():
-        raise MoezooError(f"data.root: no such file: {path} (expected <root>/<name>.npz)")
+        raise MoezooError(f"data.root: no such file: {path} (expected <root>/<name>.npz, a LINKX <root>/<name>.mat, "
+                          "or an ogbn-* name)")
     arrays = _npz_arrays(path)
     features, labels, edges = arrays["node_features"], arrays["node_labels"], arrays["edges"]
     num_nodes = features.shape[0]
@@ -153,12 +170,20 @@ class _WholeGraph(torch.utils.data.Dataset):
 
 
 class GraphData(SplitDataModule):
-    """A node-classification graph as one full batch (the same batch for every stage: the masks pick the nodes).
+    """A node-classification graph: one full batch, or sampled mini-batches of seed nodes for training.
 
     Args:
         root: folder holding the data (see the module docstring); None uses the embedded Cora.
-        name: ``Cora``/``CiteSeer``/``PubMed`` (Planetoid) or the npz stem (``minesweeper``, ``tolokers``, ...).
-        split: which of an npz's fixed splits (0..9); Planetoid uses its public split.
+        name: ``Cora``/``CiteSeer``/``PubMed`` (Planetoid), ``ogbn-<name>`` (OGB), a ``.mat`` stem (LINKX
+            Facebook100, ``Penn94``) or the npz stem (``minesweeper``, ``tolokers``, ...).
+        split: which of an npz's fixed splits (0..9); the seed of a ``.mat`` set's random split; Planetoid and OGB
+            use their own split.
+        ogb_split: the folder under an OGB set's ``split/`` (default: the only one there).
+        sampler: ``full`` (the whole graph per training step) or ``neighbor`` (PyG's NeighborLoader).
+        num_neighbors: ``neighbor``: in-neighbours sampled per node at each hop (``-1``: all); as many hops as the
+            GNN has layers.
+        batch_size: ``neighbor``: seed (train) nodes per batch.
+        num_workers: ``neighbor``: DataLoader worker processes that sample.
         normalize_features: row-normalise features to sum 1 with PyG's ``NormalizeFeatures`` (the usual choice
             for Planetoid bag-of-words; it first shifts all features by their minimum, and leaves a row whose sum
             is below 1 as it is). Default: on for Planetoid, off for the npz sets.
@@ -169,10 +194,15 @@ class GraphData(SplitDataModule):
 
     def __init__(self, root: str | None = None, name: str = "Cora", split: int = 0,
                  normalize_features: bool | None = None,
-                 metric: Literal["auto", "acc", "roc_auc"] = "auto"):
+                 metric: Literal["auto", "acc", "roc_auc"] = "auto", ogb_split: str | None = None,
+                 sampler: Literal["full", "neighbor"] = "full", num_neighbors: list[int] | None = None,
+                 batch_size: int = 1024, num_workers: int = 0):
         super().__init__()
         self.root = None if root is None else Path(root).expanduser()
-        self.name, self.split, self.metric_arg = name, split, metric
+        self.name, self.split, self.metric_arg, self.ogb_split = name, split, metric, ogb_split
+        self.sampler, self.batch_size, self.num_workers = sampler, batch_size, num_workers
+        self.num_neighbors = [15, 10] if num_neighbors is None else list(num_neighbors)
+        _check_sampling(sampler, self.num_neighbors, batch_size, num_workers)
         self.normalize_features = name.lower() in PLANETOID if normalize_features is None else normalize_features
         self.data: Data | None = None
 
@@ -189,6 +219,11 @@ class GraphData(SplitDataModule):
             if not self.root.is_dir():
                 raise MoezooError(f"data.root: no such directory: {self.root}")
             data, source = read_planetoid(self.root, self.name), self.root / self.name
+        elif self.name.lower().startswith("ogbn-"):
+            data, source = read_ogb_node_dataset(self.root, self.name.lower(), self.ogb_split), self.root
+        elif fb100_path(self.root, self.name) is not None:
+            source = fb100_path(self.root, self.name)
+            data = read_fb100_mat(source, self.split)
         else:
             source = self.root / f"{self.name}.npz"
             data = read_heterophilous_npz(source, self.split)
@@ -198,6 +233,8 @@ class GraphData(SplitDataModule):
                 raise MoezooError(f"{source}: node features too large to row-normalise (a row sums past 3.4e38); "
                                   "use --data.normalize_features false")
         data.degree = degree(data.edge_index[1], data.num_nodes)
+        # what the sampler reads: the same tensors without adj_t (a subgraph is sliced from edge_index)
+        self.sample_graph = Data(**{key: data[key] for key in data.keys() if key != "adj_t"})
         with warnings.catch_warnings():  # torch's one-time "sparse CSR is beta" notices, not the user's concern
             warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
             self.data = T.ToSparseTensor(remove_edge_index=False)(data)
@@ -212,7 +249,27 @@ class GraphData(SplitDataModule):
     @property
     def num_classes(self) -> int:
         self.setup()
-        return int(self.data.y.max()) + 1
+        return int(self.data.y.max()) + 1  # unlabelled nodes (OGB's NaN, LINKX's missing gender) are -1
+
+    def train_dataloader(self):
+        """The train batches: the whole graph, or NeighborLoader batches of train seeds; split over processes."""
+        self.setup()
+        rank, world = _rank_and_world(self.trainer)
+        seeds = self.data.train_mask.nonzero().view(-1)
+        if self.sampler == "full":
+            data = self.data
+            if world > 1:  # this process's fixed share of the train nodes: a seeded permutation dealt round-robin
+                share = seeds[torch.randperm(seeds.numel(), generator=torch.Generator().manual_seed(0))][rank::world]
+                data = copy.copy(data)  # the same tensors, but its own train_mask
+                data.train_mask = torch.zeros_like(self.data.train_mask)
+                data.train_mask[share] = True
+            return DataLoader(_WholeGraph(data), batch_size=None)
+        sampler = None
+        if world > 1:  # disjoint seed sets per epoch (no padding: drop_last), reshuffled by Lightning's set_epoch
+            sampler = DistributedSampler(range(seeds.numel()), num_replicas=world, rank=rank, shuffle=True,
+                                         drop_last=True)
+        return neighbor_loader(self.sample_graph, seeds, self.num_neighbors, self.batch_size, shuffle=True,
+                               sampler=sampler, num_workers=self.num_workers)
 
     @property
     def metric(self) -> str:
@@ -226,5 +283,23 @@ class GraphData(SplitDataModule):
         return f"val/{self.metric}"
 
     def make_loader(self, dataset, shuffle: bool) -> DataLoader:
-        """The whole graph as the one batch of every loader (never shuffled)."""
+        """The whole graph as the one batch of the evaluation loaders (never shuffled)."""
         return DataLoader(dataset, batch_size=None)
+
+
+def _rank_and_world(trainer) -> tuple[int, int]:
+    """(global rank, number of processes) of the run, (0, 1) outside one."""
+    if trainer is None:
+        return 0, 1
+    return int(getattr(trainer, "global_rank", 0)), int(getattr(trainer, "world_size", 1))
+
+
+def _check_sampling(sampler, num_neighbors, batch_size, num_workers) -> None:
+    if sampler not in ("full", "neighbor"):
+        raise MoezooError(f"data.sampler must be full or neighbor, got {sampler!r}")
+    if not num_neighbors or any(isinstance(k, bool) or not isinstance(k, int) or k < -1 for k in num_neighbors):
+        raise MoezooError(f"data.num_neighbors must be a non-empty list of integers >= -1 (one per hop, -1: all), "
+                          f"got {num_neighbors!r}")
+    for key, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MoezooError(f"data.{key} must be an integer >= {low}, got {value!r}")

@@ -13,6 +13,7 @@ features and a strong GNN expert, mixed per node by the weak expert's confidence
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -22,6 +23,8 @@ from torchmetrics.functional.classification import binary_auroc, multiclass_accu
 
 from moezoo.errors import MoezooError
 from moezoo.training import TaskModule
+
+from .sampling import is_sampled, seed_rows
 
 GNNS = {"gcn": GCN, "sage": GraphSAGE, "gat": GAT, "gin": GIN}
 EXPERTS = ("mlp", *GNNS)
@@ -41,13 +44,37 @@ def build_expert(kind: str, in_channels: int, hidden: int, out_channels: int, nu
     return GNNS[kind](in_channels, hidden, num_layers, out_channels, dropout=dropout, **extra)
 
 
-def expert_logits(expert, data):
-    """Logits of a PyG expert on the whole graph: ``adj_t`` (sparse matmul) where the layer supports it.
+@contextmanager
+def _uncached(expert):
+    """GCN's layers without their cached normalised adjacency (each sampled batch is another subgraph): the whole
+    graph's cache is set aside, not used and not overwritten, and put back after."""
+    layers = [m for m in expert.modules() if getattr(m, "cached", False)]
+    kept = [(layer._cached_edge_index, layer._cached_adj_t) for layer in layers]
+    for layer in layers:
+        layer.cached, layer._cached_edge_index, layer._cached_adj_t = False, None, None
+    try:
+        yield
+    finally:
+        for layer, (edge_cache, adj_cache) in zip(layers, kept):
+            layer.cached, layer._cached_edge_index, layer._cached_adj_t = True, edge_cache, adj_cache
 
-    GCN caches its normalised adjacency on the first call (``cached=True``): the task is transductive, one graph.
-    Under CPU autocast the sparse path runs in float32: CPU sparse matmul has no bfloat16 kernel
-    (``addmm_out_sparse_csr_impl_mkl``), while dense layers (the MLP, GAT's gather/scatter) follow autocast.
+
+def expert_logits(expert, data):
+    """Logits of a PyG expert: of every node of a whole graph, or of the seed nodes of a sampled batch.
+
+    Whole graph: ``adj_t`` (sparse matmul) where the layer supports it; GCN caches its normalised adjacency on the
+    first call (``cached=True``): the task is transductive, one graph. Under CPU autocast the sparse path runs in
+    float32: CPU sparse matmul has no bfloat16 kernel (``addmm_out_sparse_csr_impl_mkl``), while dense layers (the
+    MLP, GAT's gather/scatter) follow autocast.
+
+    Sampled batch (``sampling.py``): the MLP sees the seeds' features only; a GNN runs on the subgraph's
+    ``edge_index`` (normalised anew, GCN's cache untouched) and its first ``batch_size`` rows are returned.
     """
+    if is_sampled(data):
+        if isinstance(expert, MLP):
+            return expert(seed_rows(data, "x"))
+        with _uncached(expert):
+            return expert(data.x, data.edge_index)[:data.batch_size]
     if isinstance(expert, MLP):
         return expert(data.x)
     if isinstance(expert, GAT) or "adj_t" not in data:
@@ -59,7 +86,7 @@ def expert_logits(expert, data):
 
 
 class GraphTask(TaskModule):
-    """Full-batch node classification: metrics on the split masks, lazy build from the data's sizes.
+    """Node classification (whole graph or sampled batches): metrics on the split masks, lazy build from sizes.
 
     Routing (Mowst's confidence) is counted by node class and in-degree bucket (``DEGREE_BUCKET_NAMES``).
 
@@ -100,11 +127,13 @@ class GraphTask(TaskModule):
         raise NotImplementedError
 
     def routing_labels(self, data, stage):
-        """Count the routing by node class and in-degree bucket over the stage's nodes (others: -1, not counted)."""
-        mask = getattr(data, f"{stage}_mask")
-        labels = {"class": torch.where(mask, data.y, -1)}
+        """Count the routing by node class and in-degree bucket over the stage's nodes (others: -1, not counted);
+        of a sampled batch, over its seeds (the rows the experts' outputs have)."""
+        mask = seed_rows(data, f"{stage}_mask")
+        labels = {"class": torch.where(mask, seed_rows(data, "y"), -1)}
         if "degree" in data:
-            bucket = torch.bucketize(data.degree, torch.tensor(DEGREE_BUCKETS[1:], device=data.degree.device),
+            node_degree = seed_rows(data, "degree")  # the whole graph's in-degree, kept through sampling
+            bucket = torch.bucketize(node_degree, torch.tensor(DEGREE_BUCKETS[1:], device=node_degree.device),
                                      right=True)
             labels["degree"] = torch.where(mask, bucket, -1)
         return labels
@@ -113,9 +142,9 @@ class GraphTask(TaskModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def metrics(self, probs: torch.Tensor, data, stage: str) -> dict[str, torch.Tensor]:
-        """Accuracy (and ROC-AUC for two classes) of probs [N, C] on the stage's mask."""
-        mask = getattr(data, f"{stage}_mask")
-        y = data.y[mask]
+        """Accuracy (and ROC-AUC for two classes) of probs [N, C] (N: the nodes, or a batch's seeds) on the mask."""
+        mask = seed_rows(data, f"{stage}_mask")
+        y = seed_rows(data, "y")[mask]
         accuracy = multiclass_accuracy(probs[mask], y, num_classes=probs.shape[-1], average="micro")
         metrics = {f"{stage}/acc": accuracy}
         if self.num_classes == 2:
@@ -144,8 +173,8 @@ class NodeClassifier(GraphTask):
 
     def task_step(self, data, stage):
         logits = self(data)
-        mask = getattr(data, f"{stage}_mask")
-        loss = F.cross_entropy(logits[mask], data.y[mask])
+        mask = seed_rows(data, f"{stage}_mask")
+        loss = F.cross_entropy(logits[mask], seed_rows(data, "y")[mask])
         self.log(f"{stage}/loss" if stage != "train" else "train/task_loss", loss, batch_size=1)
         if stage != "train":
             self.log_dict(self.metrics(logits.softmax(-1), data, stage), batch_size=1, prog_bar=stage == "val")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from moezoo.moe import Routing, RoutingRecord
 
 from .confidence import DispersionConfidence, DispersionGate, LearnedConfidence
-from .model import GNNS, GraphTask, build_expert, expert_logits
+from .model import GNNS, GraphTask, build_expert, expert_logits, seed_rows
 
 
 def mowst_loss(conf: torch.Tensor, weak_logits: torch.Tensor, strong_logits: torch.Tensor, y: torch.Tensor):
@@ -96,10 +96,11 @@ class Mowst(GraphTask):
 
     # -- the model ------------------------------------------------------------------------------------------------
     def weak_forward(self, data):
-        """(weak logits, confidence C [N])."""
-        logits, hidden = self.weak(data.x, return_emb=True)
+        """(weak logits, confidence C [N]); of a sampled batch, of its seed nodes only."""
+        x = seed_rows(data, "x")
+        logits, hidden = self.weak(x, return_emb=True)
         probs = logits.softmax(-1)
-        conf = self.gate(probs, data.x) if self.star else self.gate(probs, hidden)
+        conf = self.gate(probs, x) if self.star else self.gate(probs, hidden)
         return logits, conf
 
     def forward(self, data):
@@ -109,7 +110,8 @@ class Mowst(GraphTask):
 
     # -- training -------------------------------------------------------------------------------------------------
     def training_step(self, data, batch_idx):
-        mask, y = data.train_mask, data.y[data.train_mask]
+        mask = seed_rows(data, "train_mask")  # a sampled batch: its seeds (all train nodes); else the whole mask
+        y = seed_rows(data, "y")[mask]
         if self.star and self.pretrain is not None and self.current_epoch < self.pretrain_epochs:
             expert = self.weak if self.pretrain == "weak" else self.strong
             loss = F.cross_entropy(expert_logits(expert, data)[mask], y)
