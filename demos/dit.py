@@ -69,8 +69,9 @@ def generate(task, class_id, guidance: float, steps: int, seed: int, samples: in
              transformer.register_forward_hook(next_step, with_kwargs=True)]
     load_by_label(transformer, reset=True)
     try:
-        images = pipe([class_id] * samples, guidance_scale=guidance, num_inference_steps=steps,
-                      generator=generators).images
+        with task.ema_weights():  # a model trained with an EMA samples with it, as the official ProMoE does
+            images = pipe([class_id] * samples, guidance_scale=guidance, num_inference_steps=steps,
+                          generator=generators).images
     finally:
         for hook in hooks:
             hook.remove()

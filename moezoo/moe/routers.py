@@ -373,15 +373,22 @@ class ExpertChoiceRouter(Router):
     T = B * S_n tokens are B consecutive samples and each expert takes its top C = ceil(S_n * c / E) of every sample.
     With ``expert_groups`` (MoMa's modality groups) the choice is made within each group at that group's capacity
     (``_select_in_groups``): C_G = ceil(T_G * c / |E_G|) of the group's own T_G tokens.
+    ``capacity_rounding="floor"``: C = max(1, min(T, int(T / E * c))) instead, the rounding of the ProMoE
+    repository's EC-DiT (``models/models_ECDiT.py``, ``MoE.forward``: ``k = int((S / num_experts) * capacity)``).
     """
 
     def __init__(self, dim: int, num_experts: int, capacity_factor: float = 1.0, *,
-                 tokens_per_sample: int | None = None, **kwargs):
+                 tokens_per_sample: int | None = None, capacity_rounding: str = "ceil", **kwargs):
         super().__init__(dim, num_experts, **kwargs)
+        if capacity_rounding not in ("ceil", "floor"):
+            raise ValueError(f"expert choice: capacity_rounding must be ceil or floor, got {capacity_rounding!r}")
         self.capacity_factor = capacity_factor
         self.tokens_per_sample = tokens_per_sample
+        self.capacity_rounding = capacity_rounding
 
     def capacity(self, num_tokens: int) -> int:
+        if self.capacity_rounding == "floor":  # EC-DiT's int(S / E * c), at least one token
+            return max(1, min(num_tokens, int(num_tokens / self.num_slots * self.capacity_factor)))
         return min(num_tokens, math.ceil(num_tokens * self.capacity_factor / self.num_slots))
 
     def select(self, probs, scores, allowed=None):

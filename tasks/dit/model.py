@@ -8,6 +8,7 @@
 - ``dense``: the plain DiT FFN.
 - ``token_choice``: top-k routing over E experts of hidden mlp_ratio * d / k, Switch balancing loss (DiT-MoE style).
 - ``expert_choice``: each expert takes its top C = S * c / E tokens of every image (EC-DiT), hidden mlp_ratio * d / c;
+  ``capacity_rounding`` floor (the ProMoE repository's EC-DiT: int(S / E * c)) or ceil (moezoo's core default);
   softmax affinity, gate init std 0.006 (the ProMoE repository's EC baseline). ``decoupled_routing``: the router sees
   [timestep-and-label embedding, un-modulated token] while the experts compute on the modulated token (EC-DiT /
   diffusers' NucleusMoE); it applies to ``token_choice`` too, as does ``shared_expert`` (an always-on expert of half
@@ -62,7 +63,8 @@ class MoEDiT(ExpertLayerwiseCasting, ModelMixin, ConfigMixin):  # layerwise cast
                  contrastive_loss_weight: float = 1.0,
                  prototype_gate: Literal["identity", "softmax", "sigmoid"] = "identity",
                  prototype_choice: Literal["token", "expert"] = "token", decoupled_routing: bool = False,
-                 shared_expert: bool = False, size: Literal["S", "B", "L", "XL"] | None = None):
+                 shared_expert: bool = False, capacity_rounding: Literal["floor", "ceil"] = "floor",
+                 size: Literal["S", "B", "L", "XL"] | None = None):
         super().__init__()
         if size is not None:  # the DiT / ProMoE size presets replace hidden_size, depth and num_heads
             if size not in SIZES:
@@ -109,7 +111,8 @@ class MoEDiT(ExpertLayerwiseCasting, ModelMixin, ConfigMixin):  # layerwise cast
             return MoE(dim, router, experts, shared_experts=shared)
         if c.routing == "expert_choice":
             router = ExpertChoiceRouter(router_dim, c.num_experts, c.capacity_factor,
-                                        tokens_per_sample=self.num_patches, gate_init_std=0.006)
+                                        tokens_per_sample=self.num_patches, gate_init_std=0.006,
+                                        capacity_rounding=c.capacity_rounding)
             experts = GroupedMLP(c.num_experts, dim, int(routed / c.capacity_factor), activation="gelu_tanh")
             return MoE(dim, router, experts, shared_experts=shared)
         router = PrototypeRouter(dim, c.num_experts, contrastive_loss_weight=c.contrastive_loss_weight,

@@ -10,6 +10,11 @@ routing by class; test routes the test images at fixed timesteps (``specialisati
 expert load by timestep and by class (``expert_load/test_by_{timestep,class}.png``, ``routing_by_label.json``) and
 their normalised mutual information with the expert choice (``test/routing/class_nmi``, ``test/routing/timestep_nmi``).
 
+EMA (``ema_decay``, ``ema_warmup``; ``ema.py``): the EMA of the transformer's weights is updated after every optimizer
+step and swapped in for the whole of validation and test (the loss that picks the best checkpoint, the sample grids,
+FID-cls, the routing counts), as the official ProMoE samples and scores with its EMA. Checkpoints and hub folders
+hold it beside the trained weights (``ema.<parameter>``); ``ema_weights()`` swaps it in elsewhere (the demo).
+
 Latent space: ``vae`` names a diffusers ``AutoencoderKL`` folder (``save_pretrained`` layout, local or a hub id in the
 cache); the model then trains on its latents (``latent_dist.sample() * scaling_factor``) and samples are decoded.
 """
@@ -17,6 +22,7 @@ cache); the model then trains on its latents (``latent_dist.sample() * scaling_f
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +33,7 @@ from torchvision.utils import save_image
 from moezoo.errors import MoezooError
 from moezoo.training import TaskModule
 
+from .ema import WARMUPS, WeightEMA
 from .fid import fid_cls, inception_fid
 from .model import MoEDiT
 from .objectives import ddpm_loss, rectified_flow_loss
@@ -56,6 +63,9 @@ class DiTTask(TaskModule):
         objective: ``rectified_flow`` (velocity target) or ``ddpm`` (epsilon target).
         cfg_scale, sample_steps: the classifier-free guidance scale and the sampler's steps of the sample grids and
             of the test samples; ``samples_per_class``: generated images per class at test.
+        ema_decay: the decay of the EMA of the weights that validation and test use (the official ProMoE's
+            0.9999); None: no EMA, the trained weights. ``ema_warmup``: ``none`` (constant decay, the official),
+            ``num_updates`` (diffusers' min(decay, (1 + t) / (10 + t))) or ``power`` (see ``ema.py``).
         vae: an AutoencoderKL folder for latent diffusion; ``inception_weights``: torch-fidelity's InceptionV3
             weights file for the standard FID at test; ``timestep_bins``: the bins of the expert-load-by-timestep
             table.
@@ -72,17 +82,25 @@ class DiTTask(TaskModule):
                  sample_steps: int = 20, samples_per_class: int = 20, lr: float = 3e-4, weight_decay: float = 0.0,
                  warmup_epochs: float = 0.0, vae: str | None = None, inception_weights: str | None = None,
                  timestep_bins: int = 10, image_size: int = 16, channels: int = 1, num_classes: int = 10,
-                 fid_classifier: Callable[[], tuple] | None = None):
+                 fid_classifier: Callable[[], tuple] | None = None, ema_decay: float | None = None,
+                 ema_warmup: Literal["none", "num_updates", "power"] = "num_updates"):
         super().__init__(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, cosine=False)
         if inception_weights is not None and not Path(inception_weights).expanduser().is_file():
             raise MoezooError(f"model.inception_weights: {inception_weights} is not a file (torch-fidelity's "
                               "weights-inception-2015-12-05-6726825d.pth)")
+        if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
+                                      or not 0 < ema_decay < 1):
+            raise MoezooError(f"model.init_args.ema_decay: must be a number in (0, 1) or null, got {ema_decay!r}")
+        if ema_warmup not in WARMUPS:
+            raise MoezooError(f"model.init_args.ema_warmup: must be one of {', '.join(WARMUPS)}, got {ema_warmup!r}")
         self.save_hyperparameters(ignore=["fid_classifier"])
         self.make_transformer = transformer or MoEDiT
         self.fid_classifier = fid_classifier
         self.routing_label_names = {"timestep": timestep_bin_names(timestep_bins)}
         self.model: MoEDiT | None = None
         self.vae: AutoencoderKL | None = None
+        self.ema: WeightEMA | None = None
+        self._evaluating_ema = ExitStack()
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -97,6 +115,8 @@ class DiTTask(TaskModule):
             sample_size = h.image_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
             channels = self.vae.config.latent_channels
         self.model = self.make_transformer(sample_size, channels, h.num_classes)
+        if h.get("ema_decay") is not None:
+            self.ema = WeightEMA(self.model, h.ema_decay, h.get("ema_warmup", "num_updates"))
         self.train_scheduler = DDPMScheduler(num_train_timesteps=1000)
 
     def scheduler(self):
@@ -106,12 +126,43 @@ class DiTTask(TaskModule):
 
     def state_dict(self, *args, **kwargs):
         # the VAE is frozen and loaded from its own folder: keep it out of the checkpoints
-        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("vae.")}
+        state = {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("vae.")}
+        if self.ema is not None:  # the averaged weights beside the trained ones
+            state.update({f"ema.{name}": value.detach() for name, value in self.ema.state_dict().items()})
+        return state
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        ema = {k[len("ema."):]: v for k, v in state_dict.items() if k.startswith("ema.")}
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("ema.")}
+        if self.ema is not None:
+            if not ema:
+                raise MoezooError("model.init_args.ema_decay: these weights have no EMA (no ema.* tensors: trained "
+                                  "without one); load them with --model.init_args.ema_decay null")
+            self.ema.load_state_dict(ema)
         if self.vae is not None:
             state_dict = {**state_dict, **{f"vae.{k}": v for k, v in self.vae.state_dict().items()}}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def on_save_checkpoint(self, checkpoint):
+        if self.ema is not None:  # the warm-up's step count, for a resumed fit
+            checkpoint["ema_steps"] = self.ema.steps
+
+    def on_load_checkpoint(self, checkpoint):
+        if self.ema is not None:
+            self.ema.ema.optimization_step = int(checkpoint.get("ema_steps", checkpoint.get("global_step", 0)))
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update()
+
+    def ema_weights(self):
+        """A context in which the transformer holds its EMA weights (nothing changes without an EMA)."""
+        return self.ema.applied() if self.ema is not None else nullcontext()
+
+    def _start_evaluation(self) -> None:
+        self._evaluating_ema.close()
+        self._evaluating_ema.enter_context(self.ema_weights())
 
     def to_model_space(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images in [-1, 1] -> what the model diffuses: the images, or the VAE's scaled latents."""
@@ -154,7 +205,17 @@ class DiTTask(TaskModule):
         self.model.train(was_training)
         return images
 
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._start_evaluation()
+
     def on_validation_epoch_end(self):
+        try:
+            self._validation_epoch_end()
+        finally:
+            self._evaluating_ema.close()  # the trained weights again, before the checkpoint is written
+
+    def _validation_epoch_end(self):
         super().on_validation_epoch_end()
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
@@ -168,8 +229,15 @@ class DiTTask(TaskModule):
     def on_test_epoch_start(self):
         super().on_test_epoch_start()
         self._test_images, self._test_labels = [], []
+        self._start_evaluation()
 
     def on_test_epoch_end(self):
+        try:
+            self._test_epoch_end()
+        finally:
+            self._evaluating_ema.close()
+
+    def _test_epoch_end(self):
         if self.fid_classifier is None:
             raise MoezooError("test needs the FID-cls classifier of the training images: run it through the moezoo "
                               "CLI with the data module (data.fid_classifier), or pass model.fid_classifier")

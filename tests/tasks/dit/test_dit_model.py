@@ -1,9 +1,10 @@
 """MoEDiT: shapes and adaLN-Zero start for every routing, diffusers save/load, ProMoE's conditional routing."""
 
+
 import pytest
 import torch
 
-from moezoo.moe import aux_loss_terms, moe_layers, routing_stats
+from moezoo.moe import ExpertChoiceRouter, aux_loss_terms, moe_layers, routing_stats
 from moezoo.tasks.dit import MoEDiT
 
 TINY = dict(sample_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=10,
@@ -115,3 +116,28 @@ def test_a_shared_expert_halves_the_routed_width_so_the_active_compute_stays_equ
     assert b.experts.w1.shape[-1] * 2 == a.experts.w1.shape[-1]
     with pytest.raises(ValueError, match="shared_expert applies to token_choice and expert_choice"):
         MoEDiT(routing="promoe", shared_expert=True, **TINY)
+
+
+@pytest.mark.parametrize("tokens,experts,factor,floor_c,ceil_c",
+                         [(16, 4, 1.0, 4, 4), (50, 4, 1.0, 12, 13), (10, 3, 2.0, 6, 7), (64, 4, 1.25, 20, 20),
+                          (10, 4, 1.0, 2, 3), (6, 8, 1.0, 1, 1)])
+def test_expert_choice_capacity_rounds_as_the_official_ec_dit_or_up_as_an_option(tokens, experts, factor, floor_c,
+                                                                                 ceil_c):
+    """models_ECDiT.py (MoE.forward): k = int((S / E) * capacity), at least one token here; ceil is moezoo's core
+    default. 50 tokens, 4 experts: 12 (floor) vs 13 (ceil)."""
+    floor = ExpertChoiceRouter(8, experts, factor, tokens_per_sample=tokens, capacity_rounding="floor")
+    ceil = ExpertChoiceRouter(8, experts, factor, tokens_per_sample=tokens)
+    assert floor.capacity(tokens) == floor_c == max(1, min(tokens, int((tokens / experts) * factor)))
+    assert ceil.capacity(tokens) == ceil_c
+    probs = torch.randn(2 * tokens, experts).softmax(-1)
+    _, slot_index, _, _ = floor.select(probs, probs)  # two images: each expert takes C tokens of each
+    assert torch.equal(torch.bincount(slot_index, minlength=experts), torch.full((experts,), 2 * floor_c))
+    with pytest.raises(ValueError, match="capacity_rounding"):
+        ExpertChoiceRouter(8, experts, factor, capacity_rounding="round")
+
+
+def test_the_dit_builds_its_expert_choice_router_with_the_official_floor_by_default():
+    (_, layer), = moe_layers(MoEDiT(routing="expert_choice", **TINY))
+    assert layer.router.capacity_rounding == "floor"
+    (_, layer), = moe_layers(MoEDiT(routing="expert_choice", capacity_rounding="ceil", **TINY))
+    assert layer.router.capacity_rounding == "ceil"
