@@ -75,9 +75,25 @@ def global_batch_load_balancing_loss(probs: torch.Tensor, global_counts: torch.T
     f^global comes from expert counts summed over all data-parallel ranks and all micro-batches of the optimizer step
     so far (``global_counts`` [E]), so a sequence may specialise as long as the global batch stays balanced. The
     counts are of the router's choices before capacity, and null experts count as one group, as in
-    ``switch_load_balancing_loss``.
+    ``switch_load_balancing_loss``. The gradient (to P only) uses f as of this forward, also when non-reentrant
+    activation checkpointing recomputes the layer after later forwards have counted.
     """
     num_experts = probs.shape[-1]
     f = global_counts.float() / global_counts.sum().clamp_min(1.0)
     f = _null_experts_as_one_group(f, num_null_experts).to(probs.dtype)
-    return num_experts * torch.sum(f * probs.mean(dim=0))
+    return num_experts * _WeightedByFraction.apply(probs.mean(dim=0), f)
+
+
+class _WeightedByFraction(torch.autograd.Function):
+    """sum_i f_i * P_i with f (no gradient) kept by the node instead of saved for backward: non-reentrant activation
+    checkpointing recomputes saved tensors in the backward, when ``global_counts`` has also counted the forwards run
+    since (a layer run twice in a step), so f would not be the forward's."""
+
+    @staticmethod
+    def forward(ctx, mean_probs, f):
+        ctx.f = f.detach()
+        return torch.sum(f * mean_probs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.f, None

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
+from .layer import RecomputedAuxGradient
 from .record import RoutingRecord
 from .routers import Router
 
@@ -33,6 +34,7 @@ class GatedMixture(nn.Module):
         self.router = router
         self.record = RoutingRecord()
         self.pool, self.pool_labels = pool, dict(pool_labels or {})
+        self.aux_gradient = RecomputedAuxGradient()  # the aux losses' gradient under reentrant checkpointing
 
     def forward(self, gate_input: torch.Tensor, expert_outputs: torch.Tensor, *,
                 group: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,11 +43,12 @@ class GatedMixture(nn.Module):
         if self.pool is not None:
             count_pooled(self.pool, routing, self.pool_labels)
         if routing.soft:  # dense weights: one batched contraction
-            return torch.einsum("be,ebh->bh", routing.combine_weights().to(expert_outputs.dtype), expert_outputs)
-        weight = routing.weight.to(expert_outputs.dtype).unsqueeze(-1)
-        picked = expert_outputs[routing.expert_index, routing.token_index]  # [A, h]
-        out = expert_outputs.new_zeros(expert_outputs.shape[1:])
-        return out.index_add(0, routing.token_index, weight * picked)
+            out = torch.einsum("be,ebh->bh", routing.combine_weights().to(expert_outputs.dtype), expert_outputs)
+        else:
+            weight = routing.weight.to(expert_outputs.dtype).unsqueeze(-1)
+            picked = expert_outputs[routing.expert_index, routing.token_index]  # [A, h]
+            out = expert_outputs.new_zeros(expert_outputs.shape[1:]).index_add(0, routing.token_index, weight * picked)
+        return self.aux_gradient.route(out, routing.aux_losses, self.training)
 
 
 def count_pooled(record: RoutingRecord, routing, labels: Mapping[str, int]) -> None:

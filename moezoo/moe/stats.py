@@ -43,11 +43,15 @@ def moe_layers(model: nn.Module):
 
 def aux_loss_terms(model: nn.Module) -> dict[str, torch.Tensor]:
     """The aux losses recorded since the last call, summed per kind over layers and forwards; clears them (the
-    rule of ``aux_loss``)."""
+    rule of ``aux_loss``). A value recorded without autograd (the first pass of reentrant activation checkpointing)
+    passes through its layer's ``RecomputedAuxGradient.keep``, so the backward's recomputation trains the router."""
     terms: dict[str, torch.Tensor] = {}
     for _, layer in moe_layers(model):
+        deferred = getattr(layer, "aux_gradient", None)  # losses of a forward without autograd (reentrant checkpoint)
         for losses in layer.record.losses:
             for kind, value in losses.items():
+                if deferred is not None and not value.requires_grad and torch.is_grad_enabled():
+                    value = deferred.keep(kind, value)
                 terms[kind] = terms[kind] + value if kind in terms else value
         layer.record.losses = []
     return terms
