@@ -6,7 +6,12 @@ checkpoint, then test) and reads its metrics.json.
     python benchmarks/graph_mowst.py --root ../shared/data/graph --datasets Cora minesweeper tolokers --json out.json
 
 Cora: the public split with seeds 0..runs-1 (embedded copy when --root is not given). Heterophilous npz sets:
-their fixed splits 0..runs-1 with seed 0, scored by ROC-AUC.
+their fixed splits 0..runs-1 with seed 0, scored by ROC-AUC. `--first K --runs N` runs a piece (runs K..K+N-1), so a
+long set can be split over several processes, each writing its own --json.
+
+Per cell and averaged per method: the test score (and the sampled-inference one for Mowst), the weak share (mean C
+over test nodes) and where the weak expert takes over: the weak share by class and by in-degree bucket
+(`test/routing/gate/class=<k>/e0`, `degree=<a>-<b>/e0`).
 """
 
 from __future__ import annotations
@@ -38,9 +43,18 @@ def run_cell(method: str, dataset: str, root: str | None, run: int, workdir: Pat
     seconds = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
     metric = "test/acc" if dataset.lower() in PLANETOID else "test/roc_auc"
+    prefix = "test/routing/gate/"
+    weak_share_by = {k[len(prefix):-len("/e0")]: v for k, v in metrics.items()
+                     if k.startswith(prefix) and k.endswith("/e0") and "=" in k}
     return {"score": metrics[metric], "metric": metric, "epochs": metrics["epochs"], "seconds": seconds,
             "seconds_per_epoch": seconds / max(1, metrics["epochs"]),
-            "weak_share": metrics.get("test/routing/gate/load_e0")}
+            "score_sampled": metrics.get(metric + "_sampled"),
+            "weak_share": metrics.get(prefix + "load_e0"), "weak_share_by": weak_share_by}
+
+
+def mean_of(cells: list[dict], key: str):
+    values = [c[key] for c in cells if c.get(key) is not None]
+    return statistics.mean(values) if values else None
 
 
 def main() -> None:
@@ -60,19 +74,31 @@ def main() -> None:
                 cells = []
                 for run in range(args.first, args.first + args.runs):
                     cells.append(run_cell(method, dataset, args.root, run, Path(tmp)))
+                    if args.json:  # each finished cell is kept, so a piece cut short still counts
+                        results[f"{dataset}/{method}"] = {"cells": cells, "partial": True}
+                        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+                    share = cells[-1]["weak_share"]
                     print(f"  {dataset} {method} run {run}: {cells[-1]['score']:.4f} ({cells[-1]['epochs']} epochs, "
-                          f"{cells[-1]['seconds']:.0f} s)", flush=True)
+                          f"{cells[-1]['seconds']:.0f} s" + (f", weak share {share:.3f}" if share is not None else "")
+                          + ")", flush=True)
                 scores = [c["score"] for c in cells]
                 summary = {
                     "metric": cells[0]["metric"], "mean": statistics.mean(scores),
                     "std": statistics.stdev(scores) if len(scores) > 1 else 0.0, "runs": len(scores),
                     "seconds_per_epoch": statistics.mean(c["seconds_per_epoch"] for c in cells),
-                    "epochs": statistics.mean(c["epochs"] for c in cells), "cells": cells,
+                    "epochs": statistics.mean(c["epochs"] for c in cells),
+                    "score_sampled": mean_of(cells, "score_sampled"), "weak_share": mean_of(cells, "weak_share"),
+                    "weak_share_by": {k: statistics.mean(c["weak_share_by"][k] for c in cells)
+                                      for k in cells[0]["weak_share_by"]},
+                    "cells": cells,
                 }
                 results[f"{dataset}/{method}"] = summary
                 print(f"{dataset:12s} {method:16s} {summary['metric']:13s} {summary['mean']:.4f} ± {summary['std']:.4f}"
                       f"  ({summary['runs']} runs, {summary['epochs']:.0f} epochs, "
                       f"{1000 * summary['seconds_per_epoch']:.1f} ms/epoch)", flush=True)
+                if summary["weak_share"] is not None:
+                    by = "  ".join(f"{k} {v:.2f}" for k, v in summary["weak_share_by"].items())
+                    print(f"    weak share {summary['weak_share']:.3f}; by {by}", flush=True)
                 if args.json:
                     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -38,31 +38,36 @@ class Mowst(GraphTask):
 
     Args:
         strong: the strong expert, gcn | sage | gat | gin (PyG's basic GNNs); the weak expert is a PyG MLP.
-        confidence: Mowst's C: ``variance`` or ``entropy`` dispersion (raised to ``alpha``) or ``learned``
-            (sigmoid head on the MLP's last hidden layer). Mowst* always uses the dispersion gate MLP.
-        gate_features: Mowst*: the gate also sees the node's features.
+        confidence: Mowst's C: ``gate`` (the official rule: sigmoid(GateMLP([D_var, D_ent] (, x))), trained with the
+            weak expert), ``variance`` or ``entropy`` (the dispersion raised to ``alpha``, Sec. 3's form; no
+            parameters), or ``learned`` (sigmoid head on the MLP's last hidden layer). Dispersions carry no
+            gradient. Mowst* always uses the gate.
+        gate_features: the gate also sees the node's features (the official ``--original_data true``).
         star_loss: Mowst*: ``joint`` (mixture cross-entropy) or ``separate`` (gated sum of the two losses).
         pretrain, pretrain_epochs: Mowst*: train only the ``weak`` or ``strong`` expert, on its own cross-entropy,
             for the first ``pretrain_epochs`` epochs (``pretrain: null`` for none).
-        first_phase: Mowst: which expert trains first (``strong`` pre-trains the GNN before the weak expert
-            learns where it can take over; ``weak`` is the order of the paper's algorithm).
-        phase_patience: Mowst: a phase ends after this many epochs without a better validation score.
-        round_patience: Mowst: training stops after this many weak+strong rounds without a better score.
+        first_phase: Mowst: which expert trains first in each round (``weak``: the paper's Algorithm 1 and the
+            official loop; ``strong``, the default, trains the GNN first, as the official commands' GNN pre-training
+            ``--submethod pretrain_model2`` does: weak first, the gate learns C -> 1 against a random GNN, see README).
+        phase_patience: Mowst: a phase ends on the first epoch that makes more than this many epochs without a
+            better validation score; its best weights are then restored if they beat everything before the
+            phase, otherwise all weights revert to the phase's start (``on_validation_epoch_end``).
+        round_patience: Mowst: training stops once more than this many rounds in a row brought no better score.
         inference: ``expected`` (the deterministic mixture; also picks the best checkpoint) or ``sampled``;
             both are always logged, the sampled one averaged over ``num_draws`` seeded draws (``*_sampled``).
     """
 
     def __init__(self, strong: Literal["gcn", "sage", "gat", "gin"] = "gcn", star: bool = False,
-                 confidence: Literal["variance", "entropy", "learned"] = "variance", alpha: float = 1.0,
+                 confidence: Literal["gate", "variance", "entropy", "learned"] = "gate", alpha: float = 1.0,
                  gate_features: bool = False, star_loss: Literal["joint", "separate"] = "joint",
                  pretrain: Literal["weak", "strong"] | None = None, pretrain_epochs: int = 0,
-                 first_phase: Literal["weak", "strong"] = "strong", phase_patience: int = 50,
-                 round_patience: int = 3, inference: Literal["expected", "sampled"] = "expected",
+                 first_phase: Literal["weak", "strong"] = "strong", phase_patience: int = 100,
+                 round_patience: int = 10, inference: Literal["expected", "sampled"] = "expected",
                  num_draws: int = 50, hidden: int = 64, num_layers: int = 2, dropout: float = 0.5,
                  lr: float = 0.01, weight_decay: float = 5e-4, num_features: int | None = None,
                  num_classes: int | None = None, metric: Literal["acc", "roc_auc"] | None = None):
         for key, value, valid in (("strong", strong, tuple(GNNS)),
-                                  ("confidence", confidence, ("variance", "entropy", "learned")),
+                                  ("confidence", confidence, ("gate", "variance", "entropy", "learned")),
                                   ("star_loss", star_loss, ("joint", "separate")),
                                   ("first_phase", first_phase, ("weak", "strong")),
                                   ("pretrain", pretrain, (None, "weak", "strong")),
@@ -77,15 +82,20 @@ class Mowst(GraphTask):
         super().__init__(hidden, num_layers, dropout, lr, weight_decay, num_features, num_classes, metric)
         self.save_hyperparameters()
         self.automatic_optimization = star  # Mowst alternates two optimisers by hand
-        self.phase = {"name": first_phase, "best": -math.inf, "since": 0, "round_best": -math.inf,
-                      "rounds_without": 0, "overall_best": -math.inf}
+        # the schedule's state (saved in checkpoints): the training phase, its best score and epochs since, the
+        # score of the weights kept so far ("kept", what a phase must beat), the best score at a round's end, rounds
+        # without a better one; and the weights at the phase's start and at its best (``_snapshot``)
+        self.phase = {"name": first_phase, "best": -math.inf, "since": 0, "kept": -math.inf,
+                      "round_best": -math.inf, "rounds_without": 0, "rounds": 0}
+        self.phase_weights: dict[str, dict | None] = {"start": None, "best": None}
 
     def build(self, num_features, num_classes):
         self.weak = build_expert("mlp", num_features, self.hidden, num_classes, self.num_layers, self.dropout)
         self.strong = build_expert(self.strong_kind, num_features, self.hidden, num_classes, self.num_layers,
                                    self.dropout)
-        if self.star:
-            self.gate = DispersionGate(self.hidden, num_features if self.gate_features else 0)
+        if self.star or self.confidence_kind == "gate":
+            self.gate = DispersionGate(self.hidden, num_features if self.gate_features else 0, self.num_layers,
+                                       self.dropout)
         elif self.confidence_kind == "learned":
             self.gate = LearnedConfidence(self.hidden)
         else:
@@ -100,7 +110,7 @@ class Mowst(GraphTask):
         x = seed_rows(data, "x")
         logits, hidden = self.weak(x, return_emb=True)
         probs = logits.softmax(-1)
-        conf = self.gate(probs, x) if self.star else self.gate(probs, hidden)
+        conf = self.gate(probs, x=x, hidden=hidden)
         return logits, conf
 
     def forward(self, data):
@@ -127,9 +137,8 @@ class Mowst(GraphTask):
     def _alternating_step(self, data, mask, y):
         weak_opt, strong_opt = self.optimizers()
         training_weak = self.phase["name"] == "weak"
-        frozen = (self.strong,) if training_weak else (self.weak, self.gate)
-        for module in frozen:
-            module.eval()
+        # the frozen expert runs in train mode (dropout, batch-norm statistics) under no_grad, as in the official
+        # train_mowst1_simple_gate / train_mowst2_simple_gate
         with torch.no_grad():
             if training_weak:
                 strong_logits = expert_logits(self.strong, data)
@@ -189,33 +198,64 @@ class Mowst(GraphTask):
         return loss
 
     # -- the alternating schedule ---------------------------------------------------------------------------------
+    # The official loop (facebookresearch/mowst-gnn, train_test_engine.py: mowst_train_test_wrapper_simple_gate,
+    # mowst_train_test_model{1,2}_turn_wrapper_simple_gate): each round trains the weak expert with the gate, then
+    # the strong one; a phase stops once its epochs without a better validation score exceed the patience, then
+    # keeps its best weights if they beat the score kept before it, else reverts to the weights it started from;
+    # training stops once the rounds without a better score exceed the round patience. The restored weights are
+    # always those of the best score so far, so the round's score is the kept score.
+    def _snapshot(self) -> dict:
+        """A copy of the experts' and the gate's weights (what a phase end restores)."""
+        return {name: {k: v.detach().clone() for k, v in getattr(self, name).state_dict().items()}
+                for name in ("weak", "strong", "gate")}
+
+    def _restore(self, weights: dict) -> None:
+        for name, state in weights.items():
+            getattr(self, name).load_state_dict(state)
+
+    def on_train_start(self):
+        if not self.star and self.phase_weights["start"] is None:
+            self.phase_weights["start"] = self._snapshot()
+
     def on_validation_epoch_end(self):
         super().on_validation_epoch_end()
         if self.star or self.trainer.sanity_checking or not hasattr(self, "_val_score"):
             return
         state, score = self.phase, self._val_score
-        state["overall_best"] = max(state["overall_best"], score)
         if score > state["best"]:
             state["best"], state["since"] = score, 0
+            self.phase_weights["best"] = self._snapshot()
         else:
             state["since"] += 1
-        if state["since"] < self.phase_patience:
-            return
+        if state["since"] > self.phase_patience:
+            self._end_phase()
+
+    def _end_phase(self) -> None:
+        state = self.phase
+        if state["best"] > state["kept"]:
+            state["kept"] = state["best"]
+            self._restore(self.phase_weights["best"])
+        elif self.phase_weights["start"] is not None:
+            self._restore(self.phase_weights["start"])
+        self.phase_weights = {"start": self._snapshot(), "best": None}
         state["name"] = "strong" if state["name"] == "weak" else "weak"
         state["best"], state["since"] = -math.inf, 0
-        if state["name"] == self.first_phase:  # a weak+strong round has ended
-            if state["overall_best"] > state["round_best"]:
-                state["round_best"], state["rounds_without"] = state["overall_best"], 0
+        if state["name"] == self.first_phase:  # both phases of a round have ended
+            state["rounds"] += 1
+            if state["kept"] > state["round_best"]:
+                state["round_best"], state["rounds_without"] = state["kept"], 0
             else:
                 state["rounds_without"] += 1
-            if state["rounds_without"] >= self.round_patience:
+            if state["rounds_without"] > self.round_patience:
                 self.trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["mowst_phase"] = dict(self.phase)
+        checkpoint["mowst_phase_weights"] = dict(self.phase_weights)
 
     def on_load_checkpoint(self, checkpoint):
         self.phase.update(checkpoint.get("mowst_phase", {}))
+        self.phase_weights.update(checkpoint.get("mowst_phase_weights", {}))
 
     def predict_step(self, data, batch_idx):
         expected, draws, conf = self.predictions(data)

@@ -18,16 +18,16 @@ def _metrics(root):
 
 def test_mowst_fits_on_embedded_cora_and_tests_again_from_its_checkpoint(tmp_path):
     main(["fit", "--task", "graph/mowst-gcn", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs",
-          "12", "--model.init_args.phase_patience", "3", *QUIET])
+          "20", "--model.init_args.phase_patience", "3", *QUIET])
     fit = _metrics(tmp_path)
     assert {"test/acc", "test/acc_sampled", "train/phase_is_weak"} <= fit.keys()
-    # 12 epochs on Cora: measured 0.61-0.70 (seeds 0, 1); the majority class is 0.32 of the test nodes, chance 1/7
+    # 20 epochs on Cora: the majority class is 0.32 of the test nodes, chance 1/7
     assert fit["test/acc"] > 0.5
     # the core's load by label: the weak expert's share (e0, mass of C) per class and degree bucket of test nodes
     weak, strong = fit["test/routing/gate/load_e0"], fit["test/routing/gate/load_e1"]
     assert 0 <= weak <= 1 and weak + strong == pytest.approx(1.0)
     per_class = [fit[f"test/routing/gate/class={c}/e0"] for c in range(7)]  # Cora's 7 classes
-    assert min(per_class) <= weak <= max(per_class)
+    assert min(per_class) - 1e-5 <= weak <= max(per_class) + 1e-5  # a mean of the per-class shares
     assert 0 <= fit["test/routing/class_nmi"] <= 1 and 0 <= fit["test/routing/degree_nmi"] <= 1
     assert "test/routing/gate/degree=0-1/e0" in fit and "test/routing/gate/degree=32+/e1" in fit
     main(["test", "--task", "graph/mowst-gcn", "--trainer.default_root_dir", str(tmp_path),
@@ -47,7 +47,8 @@ def test_every_graph_variant_trains_on_the_shared_npz_with_roc_auc(task, tmp_pat
 
 @pytest.mark.parametrize("flags", [["--model.init_args.confidence", "learned"],
                                    ["--model.init_args.confidence", "entropy", "--model.init_args.alpha", "2"],
-                                   ["--model.init_args.first_phase", "weak"]])
+                                   ["--model.init_args.first_phase", "weak"],
+                                   ["--model.init_args.gate_features", "true"]])
 def test_mowst_options_train_through_the_cli(flags, tmp_path):
     main(["fit", "--task", "graph/mowst-sage", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs",
           "4", "--model.init_args.phase_patience", "1", *flags, *QUIET])

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch_geometric.data import Data
 
 from moezoo.tasks.graph import Mowst, NodeClassifier
+from moezoo.tasks.graph.confidence import DispersionGate
 from moezoo.tasks.graph.mowst import mixture, mixture_loss, mowst_loss
 
 
@@ -47,33 +48,120 @@ def test_alternating_step_trains_only_the_phase_expert():
     model.optimizers = lambda: (weak_opt, strong_opt)
     model.manual_backward = lambda loss: loss.backward()
     model.log = lambda *a, **k: None
-    for phase, moving, still in (("weak", model.weak, model.strong), ("strong", model.strong, model.weak)):
+    weak_side = torch.nn.ModuleList([model.weak, model.gate])  # the official optimizer1: MLP and gate together
+    for phase, moving, still in (("weak", weak_side, model.strong), ("strong", model.strong, weak_side)):
         model.phase["name"] = phase
         before_moving = [p.clone() for p in moving.parameters()]
         before_still = [p.clone() for p in still.parameters()]
+        before_gate = [p.clone() for p in model.gate.parameters()]
         model.training_step(data, 0)
         assert any(not torch.equal(a, b) for a, b in zip(before_moving, moving.parameters()))
+        gate_moved = any(not torch.equal(a, b) for a, b in zip(before_gate, model.gate.parameters()))
+        assert gate_moved == (phase == "weak"), "the gate trains in the weak phase only"
         assert all(torch.equal(a, b) for a, b in zip(before_still, still.parameters()))
+    assert isinstance(model.gate, DispersionGate), "the default confidence is the official gate"
 
 
-def test_phase_switches_after_patience_and_stops_after_round_patience():
-    model = Mowst(strong="gcn", num_features=5, num_classes=3, phase_patience=2, round_patience=1)
+def test_weak_expert_gradient_comes_only_from_its_confidence_weighted_loss():
+    # C is a function of the MLP's prediction, but the dispersions carry no gradient: d loss / d MLP equals the
+    # gradient of mean(C.detach() * CE(weak)), the MLP cannot lower its loss by flattening its predictions
+    for confidence in ("gate", "variance"):
+        model = Mowst(strong="gcn", num_features=5, num_classes=3, confidence=confidence).eval()
+        data = _toy()
+        mask, y = data.train_mask, data.y[data.train_mask]
+        weak_logits, strong_logits, conf = model(data)
+        grads = torch.autograd.grad(mowst_loss(conf[mask], weak_logits[mask], strong_logits[mask].detach(), y),
+                                    list(model.weak.parameters()), retain_graph=True)
+        weighted = (conf[mask].detach() * F.cross_entropy(weak_logits[mask], y, reduction="none")).mean()
+        reference = torch.autograd.grad(weighted, list(model.weak.parameters()))
+        assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads, reference))
 
-    class Trainer:
-        sanity_checking = False
-        should_stop = False
 
-    model._trainer = Trainer()
-    names = []
-    for score in [0.5, 0.5, 0.5] + [0.4] * 12:
-        model._val_score = score
-        model.on_validation_epoch_end()
+class _Trainer:
+    sanity_checking = False
+    should_stop = False
+
+
+def _stamped_model(**kwargs):
+    model = Mowst(strong="gcn", num_features=5, num_classes=3, **kwargs)
+    model._trainer = _Trainer()
+    return model
+
+
+def _stamp(model, value):
+    """Stand-in for an epoch of training: every weight of the experts and the gate becomes ``value``."""
+    with torch.no_grad():
+        for p in [*model.weak.parameters(), *model.strong.parameters(), *model.gate.parameters()]:
+            p.fill_(value)
+
+
+def _stamps(model):
+    return {float(p.detach().flatten()[0]) for p in [*model.weak.parameters(), *model.strong.parameters(),
+                                            *model.gate.parameters()]}
+
+
+def _epoch(model, epoch, score):
+    _stamp(model, epoch)
+    model._val_score = score
+    model.on_validation_epoch_end()
+
+
+def test_phase_end_restores_the_phase_best_weights_or_reverts_to_the_phase_start():
+    model = _stamped_model(first_phase="weak", phase_patience=2, round_patience=1)
+    _stamp(model, -1.0)
+    model.on_train_start()  # the weights the first phase starts from
+    for epoch, score in enumerate([0.5, 0.6, 0.55, 0.55]):
+        _epoch(model, epoch, score)
+    assert model.phase["name"] == "weak" and _stamps(model) == {3.0}, "2 epochs without improvement: not yet"
+    _epoch(model, 4, 0.55)  # a 3rd epoch without improvement (more than the patience) ends the phase
+    assert model.phase["name"] == "strong" and model.phase["kept"] == 0.6
+    assert _stamps(model) == {1.0}, "the phase's best epoch (0.6 > nothing kept) is restored"
+    for epoch, score in zip(range(5, 9), [0.58, 0.5, 0.5, 0.5]):
+        _epoch(model, epoch, score)
+    assert model.phase["name"] == "weak" and model.phase["kept"] == 0.6
+    assert _stamps(model) == {1.0}, "its best 0.58 is below the kept 0.6: all weights revert to the phase's start"
+
+    fresh = _stamped_model()
+    _stamp(fresh, -1.0)
+    fresh.on_train_start()
+    _epoch(fresh, 0, 0.0)
+    fresh.phase["since"] = fresh.phase_patience  # the next epoch without improvement ends the phase
+    _epoch(fresh, 1, 0.0)
+    assert _stamps(fresh) == {0.0}, "one snapshot holds the weak expert, the strong one and the gate"
+
+
+def test_rounds_are_counted_and_training_stops_after_round_patience_rounds_without_improvement():
+    model = _stamped_model(first_phase="weak", phase_patience=2, round_patience=1)
+    model.on_train_start()
+    names, scores = [], [0.5, 0.6, 0.55, 0.55, 0.55] + [0.58, 0.5, 0.5, 0.5] + [0.4] * 40
+    for epoch, score in enumerate(scores):
+        _epoch(model, epoch, score)
         names.append(model.phase["name"])
         if model._trainer.should_stop:
             break
-    assert names[:3] == ["strong", "strong", "weak"], "strong first, weak after 2 epochs without improvement"
-    # round 1 (strong, weak) sets the best score; round 2 brings nothing better: stop when it ends
-    assert model._trainer.should_stop and len(names) == 12
+    assert names[:5] == ["weak"] * 4 + ["strong"], "the paper's order (first_phase: weak): the weak expert first"
+    # round 1 (epochs 0-8) keeps 0.6; rounds 2 (9-16) and 3 (17-24) bring nothing better: more than 1 -> stop
+    assert model._trainer.should_stop and len(names) == 25
+    assert model.phase["rounds"] == 3 and model.phase["rounds_without"] == 2 and model.phase["round_best"] == 0.6
+    assert _stamps(model) == {1.0}, "training ends on the best weights"
+
+
+def test_strong_first_is_the_default_and_the_schedule_survives_a_checkpoint():
+    model = _stamped_model(phase_patience=0)
+    assert model.phase["name"] == "strong"
+    model.on_train_start()
+    _epoch(model, 0, 0.3)
+    _epoch(model, 1, 0.2)
+    assert model.phase["name"] == "weak" and _stamps(model) == {0.0}
+    checkpoint = {}
+    model.on_save_checkpoint(checkpoint)
+    resumed = _stamped_model(phase_patience=0)
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.on_train_start()  # a resumed run keeps the saved phase start
+    assert resumed.phase == model.phase
+    _stamp(resumed, 7.0)
+    resumed._end_phase()  # nothing better than the kept 0.3 in this phase: revert to its start
+    assert _stamps(resumed) == {0.0}
 
 
 def test_sampled_inference_uses_the_weak_expert_with_probability_c():
