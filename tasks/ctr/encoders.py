@@ -45,8 +45,11 @@ def categorical_strings(column: pd.Series) -> pd.Series:
 
 
 def stable_hash(values: pd.Series, buckets: int) -> np.ndarray:
-    """crc32 of each text mod ``buckets``, + 1 (0 stays reserved for missing values)."""
-    return np.fromiter((zlib.crc32(v.encode()) % buckets + 1 for v in values), dtype=np.int64, count=len(values))
+    """crc32 of each text mod ``buckets``, + 1 (0 stays reserved for missing values); each distinct text hashed once."""
+    codes, uniques = pd.factorize(values)
+    texts = uniques.tolist()
+    hashed = np.fromiter((zlib.crc32(v.encode()) % buckets + 1 for v in texts), dtype=np.int64, count=len(texts))
+    return hashed[codes]
 
 
 def user_ids(column: pd.Series) -> np.ndarray:
