@@ -152,7 +152,7 @@ def _split(folder: Path, split_type: str | None, num_nodes: int, labels: np.ndar
         if (labels[index] < 0).any():
             raise MoezooError(f"{path}: {int((labels[index] < 0).sum())} of its nodes have no label")
         mask = torch.zeros(num_nodes, dtype=torch.bool)
-        mask[torch.as_tensor(index)] = True
+        mask[torch.tensor(index)] = True
         masks[stage] = mask
     if (masks["train"] & masks["val"]).any() or (masks["train"] & masks["test"]).any() \
             or (masks["val"] & masks["test"]).any():
