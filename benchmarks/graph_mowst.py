@@ -28,10 +28,12 @@ from moezoo.cli import main as moezoo
 PLANETOID = {"cora", "citeseer", "pubmed"}
 
 
-def run_cell(method: str, dataset: str, root: str | None, run: int, workdir: Path) -> dict:
+def run_cell(method: str, dataset: str, root: str | None, run: int, workdir: Path, schedule: list[str]) -> dict:
     out = workdir / f"{method}-{dataset}-{run}"
     args = ["fit", "--task", f"graph/{method}", "--trainer.default_root_dir", str(out),
             "--trainer.enable_progress_bar", "false", "--data.name", dataset]
+    if method.startswith("mowst-") and not method.startswith("mowst-star-"):
+        args += schedule
     if dataset.lower() in PLANETOID:
         args += ["--seed_everything", str(run)]
         if root:
@@ -65,7 +67,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="seeds (Planetoid) or fixed splits (npz)")
     parser.add_argument("--first", type=int, default=0, help="first seed or split (runs first..first+runs-1)")
     parser.add_argument("--json", default=None, help="write all cells and the summary here")
+    parser.add_argument("--phase-patience", type=int, default=None, help="Mowst: override the config's (100)")
+    parser.add_argument("--round-patience", type=int, default=None, help="Mowst: override the config's (10)")
     args = parser.parse_args()
+    schedule = []
+    if args.phase_patience is not None:
+        schedule += ["--model.init_args.phase_patience", str(args.phase_patience)]
+    if args.round_patience is not None:
+        schedule += ["--model.init_args.round_patience", str(args.round_patience)]
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +82,7 @@ def main() -> None:
             for method in args.methods:
                 cells = []
                 for run in range(args.first, args.first + args.runs):
-                    cells.append(run_cell(method, dataset, args.root, run, Path(tmp)))
+                    cells.append(run_cell(method, dataset, args.root, run, Path(tmp), schedule))
                     if args.json:  # each finished cell is kept, so a piece cut short still counts
                         results[f"{dataset}/{method}"] = {"cells": cells, "partial": True}
                         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
