@@ -47,7 +47,9 @@ class RecomputedAuxGradient:
     coefficients, to the layer's output, so the backward through it gives the router and the layer's input the
     gradient of the aux losses that a run without checkpointing gives. The ``keep`` node runs first: it is made after
     the forward, and autograd runs the ready node made last first. A backward that asks for some gradients only
-    (``torch.autograd.grad``) skips it, and the recomputed losses then add nothing.
+    (``torch.autograd.grad``) skips it, and the recomputed losses then add nothing. A layer run more than once before
+    its backward recomputes its global-batch loss with the counts of its later forwards too (the reentrant path
+    only: non-reentrant checkpointing keeps each forward's f, ``global_batch_load_balancing_loss``).
     """
 
     def __init__(self):
