@@ -8,8 +8,10 @@ peak RSS is its own run's (``getrusage``: data loading, training, the whole-grap
     python benchmarks/graph_scale.py --sizes 250000 1000000 --json out.json
 
 Per run: training seconds per epoch (first batch to last, validation excluded), the whole-graph validation's seconds,
-peak RSS in GB, steps, test accuracy. Sampled: ``--data.sampler neighbor --data.num_neighbors [15, 10]
---data.batch_size 1024``. ``--run-one`` runs a single cell (used by the tests' memory check).
+peak RSS in GB (``setup``: data read and model built; ``train``: after the first training epoch, before any
+validation; ``peak``: the whole run, evaluation included), steps, test accuracy. Sampled: ``--data.sampler
+neighbor --data.num_neighbors [15, 10] --data.batch_size 1024``. ``--run-one`` runs a single cell (the tests'
+memory check uses it).
 """
 
 from __future__ import annotations
@@ -28,11 +30,21 @@ from lightning.pytorch.callbacks import Callback
 HERE = Path(__file__).resolve().parent
 
 
+def _peak_rss_gb() -> float:
+    """This process's peak resident set so far (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 class EpochTimer(Callback):
-    """Wall seconds of each training epoch (first batch start to last batch end) and of each validation."""
+    """Wall seconds of each training epoch (first batch start to last batch end) and of each validation, and the
+    peak RSS when training starts (data read, model built) and when the first training epoch ends."""
 
     def __init__(self, out: str):
         self.out, self.train, self.val, self.steps = Path(out), [], [], 0
+        self.rss = {}
+
+    def on_train_start(self, trainer, pl_module):
+        self.rss["setup_peak_rss_gb"] = _peak_rss_gb()
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = None
@@ -47,6 +59,7 @@ class EpochTimer(Callback):
     def on_validation_epoch_start(self, trainer, pl_module):
         if not trainer.sanity_checking:
             self.train.append(self._end - self._start)
+            self.rss.setdefault("train_peak_rss_gb", _peak_rss_gb())
             self._val_start = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer, pl_module):
@@ -54,7 +67,8 @@ class EpochTimer(Callback):
             self.val.append(time.perf_counter() - self._val_start)
 
     def on_fit_end(self, trainer, pl_module):
-        self.out.write_text(json.dumps({"train_seconds": self.train, "val_seconds": self.val, "steps": self.steps}))
+        self.out.write_text(json.dumps({"train_seconds": self.train, "val_seconds": self.val, "steps": self.steps,
+                                        **self.rss}))
 
 
 def run_one(args) -> dict:
@@ -74,8 +88,8 @@ def run_one(args) -> dict:
         metrics = json.loads((work / "run" / "metrics.json").read_text())
     return {"task": args.task, "sampler": args.sampler, "epochs": metrics["epochs"], "steps": times["steps"],
             "train_seconds_per_epoch": times["train_seconds"], "val_seconds": times["val_seconds"],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "test_acc": metrics["test/acc"]}
+            "setup_peak_rss_gb": times["setup_peak_rss_gb"], "train_peak_rss_gb": times["train_peak_rss_gb"],
+            "peak_rss_gb": _peak_rss_gb(), "test_acc": metrics["test/acc"]}
 
 
 def main() -> None:
@@ -113,7 +127,8 @@ def main() -> None:
                 row = {"nodes": size, "edges": int(args.edges_per_node * size), **json.loads(out.read_text())}
                 rows.append(row)
                 print(f"{size:>9} nodes  {sampler:>8}: {row['train_seconds_per_epoch']} s/epoch (train), "
-                      f"val {row['val_seconds']} s, {row['steps']} steps, peak RSS {row['peak_rss_gb']:.2f} GB, "
+                      f"val {row['val_seconds']} s, {row['steps']} steps, peak RSS setup/train/all "
+                      f"{row['setup_peak_rss_gb']:.2f}/{row['train_peak_rss_gb']:.2f}/{row['peak_rss_gb']:.2f} GB, "
                       f"test acc {row['test_acc']:.3f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")

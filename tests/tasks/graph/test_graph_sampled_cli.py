@@ -118,19 +118,25 @@ def test_sampled_and_full_batch_training_agree_on_cora(tmp_path):
         assert abs(means[task, "neighbor"] - means[task, "full"]) <= 0.03, means
 
 
-PEAK_RSS_BOUND_GB = 4.0  # measured 2.5-2.7 GB (README, "Data at scale"); the full-batch epoch on it: see the benchmark
+PEAK_RSS_BOUND_GB = 4.0  # the whole run, whole-graph evaluation included: measured 2.90 GB (README, "Data at scale")
+TRAIN_RSS_GROWTH_BOUND_GB = 0.3  # sampled training over the data's own footprint: measured 0.00 (full-batch: 1.22)
 
 
 @pytest.mark.slow
 def test_one_sampled_epoch_of_mowst_gcn_on_a_million_nodes_stays_under_the_rss_bound(tmp_path):
+    """1M nodes, 2.5M generated edges (5M directed), 50,000 train seeds: one sampled epoch of Mowst-GCN in its own
+    process (benchmarks/graph_scale.py --run-one): training grows the peak RSS by less than 0.3 GB over what reading
+    the data and building the model took, and the whole run (the whole-graph validation and test included) stays
+    under 4 GB."""
     write_block_graph(tmp_path / "sbm.npz", 1_000_000, 2_500_000)
     argv = [sys.executable, str(HERE.parents[2] / "benchmarks" / "graph_scale.py"), "--run-one", "--root",
-            str(tmp_path), "--name", "sbm", "--task", "graph/mowst-gcn", "--sampler", "neighbor",
+            str(tmp_path), "--name", "sbm", "--task", "graph/mowst-gcn", "--sampler", "neighbor", "--epochs", "1",
             "--out", str(tmp_path / "one.json")]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=1200,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads((tmp_path / "one.json").read_text())
     assert result["epochs"] == 1 and result["steps"] == 49  # 50,000 train seeds in batches of 1024
+    assert result["train_peak_rss_gb"] - result["setup_peak_rss_gb"] < TRAIN_RSS_GROWTH_BOUND_GB, result
     assert result["peak_rss_gb"] < PEAK_RSS_BOUND_GB, result
     assert result["test_acc"] > 0.4  # 4 blocks: chance 0.25; the block structure and the features both inform
