@@ -84,6 +84,8 @@ def routing_stats(model: nn.Module, sync: bool = False) -> dict[str, dict[str, t
             continue
         if sync and distributed():
             present = sum_over_ranks(torch.tensor(float(bool(last))))
+            if int(present) == 0:  # ran on no process (a pooled record no forward fills): skipped, as in one
+                continue
             if not last or int(present) < dist.get_world_size():
                 raise RuntimeError(f"routing_stats(sync=True): layer {name} ran on some processes only")
             last = {key: sum_over_ranks(value) for key, value in last.items()}
