@@ -225,7 +225,9 @@ def load_checkpoint(ckpt_path: str | Path) -> nn.Module:
                           "hyper_parameters)")
     config = {"class_path": hparams["_class_path"],
               "init_args": {k: v for k, v in hparams.items() if k not in _LIGHTNING_KEYS}}
-    model = fit_state(build_model(config, str(ckpt)), checkpoint["state_dict"], str(ckpt)).eval()
+    model = build_model(config, str(ckpt))
+    model.on_load_checkpoint(checkpoint)  # the task's own state beside the weights (e.g. the DiT's EMA), as Lightning
+    model = fit_state(model, checkpoint["state_dict"], str(ckpt)).eval()
     # a stateful data module's state (Lightning saves it under the class's name): the fitted encoders, if any
     model.hub_data_state = next((v for v in checkpoint.values() if isinstance(v, dict) and "moezoo_data" in v), None)
     return model

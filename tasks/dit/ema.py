@@ -15,8 +15,8 @@ it after every step at a constant decay 0.9999 and samples and computes FID with
 
 Only the parameters are averaged; buffers stay the live ones (the official copies them into its EMA every step).
 ``applied()`` puts the averaged weights into the module in place (the optimizer keeps its tensors) and puts the
-trained ones back on exit. ``state_dict()`` / ``load_state_dict()`` hold the averages by parameter name, so a task
-can keep them beside the module's own weights in checkpoints and hub folders.
+trained ones back on exit. ``state_dict()`` / ``load_state_dict()`` hold the averages by parameter name (a task keeps
+them in its checkpoints); ``reset()`` starts the EMA again from the module's weights.
 """
 
 from __future__ import annotations
@@ -60,7 +60,19 @@ class WeightEMA:
 
     @property
     def steps(self) -> int:
+        """The updates so far (the warm-up's t)."""
         return self.ema.optimization_step
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self.ema.optimization_step = value
+
+    def reset(self) -> None:
+        """The EMA starts again from the module's current weights, with no update made."""
+        with torch.no_grad():
+            for shadow, param in zip(self.ema.shadow_params, self.module.parameters()):
+                shadow.copy_(param.detach())
+        self.steps = 0
 
     def _follow_device(self) -> None:
         param = next(self.module.parameters())

@@ -12,8 +12,10 @@ their normalised mutual information with the expert choice (``test/routing/class
 
 EMA (``ema_decay``, ``ema_warmup``; ``ema.py``): the EMA of the transformer's weights is updated after every optimizer
 step and swapped in for the whole of validation and test (the loss that picks the best checkpoint, the sample grids,
-FID-cls, the routing counts), as the official ProMoE samples and scores with its EMA. Checkpoints and hub folders
-hold it beside the trained weights (``ema.<parameter>``); ``ema_weights()`` swaps it in elsewhere (the demo).
+FID-cls, the routing counts), as the official ProMoE samples and scores with its EMA. A checkpoint holds it beside
+the trained weights (``checkpoint["ema"]``: weights by parameter name, update count); a hub folder (``export``,
+``save_pretrained``) holds the EMA weights as the model's weights, and a model loaded from weights alone starts its
+EMA from them. ``ema_weights()`` swaps the EMA in elsewhere (the demo).
 
 Latent space: ``vae`` names a diffusers ``AutoencoderKL`` folder (``save_pretrained`` layout, local or a hub id in the
 cache); the model then trains on its latents (``latent_dist.sample() * scaling_factor``) and samples are decoded.
@@ -28,6 +30,7 @@ from typing import Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import save_image
 
 from moezoo.errors import MoezooError
@@ -126,30 +129,39 @@ class DiTTask(TaskModule):
 
     def state_dict(self, *args, **kwargs):
         # the VAE is frozen and loaded from its own folder: keep it out of the checkpoints
-        state = {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("vae.")}
-        if self.ema is not None:  # the averaged weights beside the trained ones
-            state.update({f"ema.{name}": value.detach() for name, value in self.ema.state_dict().items()})
-        return state
+        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if not k.startswith("vae.")}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        ema = {k[len("ema."):]: v for k, v in state_dict.items() if k.startswith("ema.")}
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("ema.")}
-        if self.ema is not None:
-            if not ema:
-                raise MoezooError("model.init_args.ema_decay: these weights have no EMA (no ema.* tensors: trained "
-                                  "without one); load them with --model.init_args.ema_decay null")
-            self.ema.load_state_dict(ema)
         if self.vae is not None:
             state_dict = {**state_dict, **{f"vae.{k}": v for k, v in self.vae.state_dict().items()}}
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self.ema is not None:
+            pending, self._checkpoint_ema = getattr(self, "_checkpoint_ema", None), None
+            if pending is not None:  # a checkpoint's EMA (on_load_checkpoint came first)
+                self.ema.load_state_dict(pending["weights"])
+                self.ema.steps = int(pending["steps"])
+            else:  # weights alone (a hub folder: its weights are the EMA ones): the EMA starts from them
+                self.ema.reset()
+        return result
 
     def on_save_checkpoint(self, checkpoint):
-        if self.ema is not None:  # the warm-up's step count, for a resumed fit
-            checkpoint["ema_steps"] = self.ema.steps
+        if self.ema is not None:  # the averaged weights beside the trained ones, and the warm-up's step count
+            checkpoint["ema"] = {"weights": {k: v.detach().clone() for k, v in self.ema.state_dict().items()},
+                                 "steps": self.ema.steps}
 
     def on_load_checkpoint(self, checkpoint):
-        if self.ema is not None:
-            self.ema.ema.optimization_step = int(checkpoint.get("ema_steps", checkpoint.get("global_step", 0)))
+        if self.ema is None:
+            return
+        self._checkpoint_ema = checkpoint.get("ema")
+        if self._checkpoint_ema is None:
+            rank_zero_warn("model.init_args.ema_decay: the checkpoint holds no EMA (trained without one); the EMA "
+                           "starts from its weights")
+
+    def _save_pretrained(self, save_directory) -> None:
+        # a hub folder holds the weights the model samples with: the EMA ones (as diffusers' training scripts save
+        # their EMA model), so the folder loads into any DiTTask, with or without an EMA
+        with self.ema_weights():
+            super()._save_pretrained(save_directory)
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)

@@ -116,10 +116,16 @@ def test_validation_runs_on_the_ema_weights_and_training_resumes_on_the_trained_
     assert (tmp_path / "samples" / "epoch_000.png").is_file()
 
 
-def test_weights_without_an_ema_are_a_clear_error_and_bad_options_are_refused():
-    plain = _task().state_dict()
-    with pytest.raises(MoezooError, match="no EMA.*ema_decay null"):
-        _task(ema_decay=0.99).load_state_dict(plain)
+def test_weights_alone_start_the_ema_from_them_and_bad_options_are_refused():
+    torch.manual_seed(0)
+    source = _task()
+    _nudge(source.model)
+    task = _task(ema_decay=0.99)
+    task.ema.update()
+    task.load_state_dict(source.state_dict())  # a hub folder's weights: no EMA beside them
+    assert task.ema.steps == 0
+    for shadow, weight in zip(task.ema.state_dict().values(), source.model.parameters()):
+        assert torch.equal(shadow, weight)
     with pytest.raises(MoezooError, match="ema_decay"):
         DiTTask(ema_decay=1.5)
     with pytest.raises(MoezooError, match="ema_warmup"):
@@ -127,8 +133,9 @@ def test_weights_without_an_ema_are_a_clear_error_and_bad_options_are_refused():
 
 
 def test_the_ema_survives_checkpoint_export_and_from_pretrained_under_bf16_mixed(tmp_path):
-    """A bf16-mixed fit (CPU autocast): the checkpoint holds the float32 EMA beside the trained weights, and
-    load_checkpoint (export, the demo) and an exported folder give it back."""
+    """A bf16-mixed fit (CPU autocast): the checkpoint holds the float32 EMA beside the trained weights;
+    load_checkpoint (export, the demo's --ckpt_path) gives it back; an exported folder holds the EMA weights as the
+    model's weights, so its samples are the checkpoint's EMA samples."""
     main(["fit", "--task", "dit/promoe", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
           "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches",
           "1", "--model.init_args.samples_per_class", "2", "--model.init_args.sample_steps", "2",
@@ -136,19 +143,22 @@ def test_the_ema_survives_checkpoint_export_and_from_pretrained_under_bf16_mixed
           "--trainer.precision", "bf16-mixed", "--trainer.enable_progress_bar", "false"])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     ckpt = torch.load(metrics["best_model_path"], map_location="cpu", weights_only=True)
-    ema = {k[len("ema."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
+    ema, steps = ckpt["ema"]["weights"], ckpt["ema"]["steps"]
     trained = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    assert ema and ema.keys() <= trained.keys() and ckpt["ema_steps"] == 3
+    assert steps == 3 and ema.keys() <= trained.keys() and not any(k.startswith("ema") for k in ckpt["state_dict"])
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in ema.values())
-    moved = [k for k in ema if not torch.equal(ema[k], trained[k])]
-    assert moved, "after 3 steps at decay 0.5 the EMA differs from the trained weights"
+    assert [k for k in ema if not torch.equal(ema[k], trained[k])], "after 3 steps at 0.5 the EMA lags the weights"
     task = load_checkpoint(metrics["best_model_path"])
+    assert task.ema.steps == 3
     for name, value in task.ema.state_dict().items():
         assert torch.equal(value, ema[name])
     folder = export_checkpoint(metrics["best_model_path"], tmp_path / "exported")
     loaded = DiTTask.from_pretrained(folder)
-    for name, value in loaded.ema.state_dict().items():
-        assert torch.equal(value, ema[name])
+    for name, value in loaded.model.named_parameters():
+        assert torch.equal(value, ema[name]), "the folder's weights are the EMA weights"
     labels = torch.tensor([1, 4])
-    with task.ema_weights(), loaded.ema_weights():
-        torch.testing.assert_close(task.sample(labels), loaded.sample(labels))
+    with task.ema_weights():
+        expected = task.sample(labels)
+    torch.testing.assert_close(loaded.sample(labels), expected)
+    with loaded.ema_weights():  # its EMA started from those weights
+        torch.testing.assert_close(loaded.sample(labels), expected)
