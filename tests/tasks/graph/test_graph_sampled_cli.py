@@ -99,23 +99,23 @@ def test_ddp_on_two_processes_splits_the_train_nodes_without_overlap(path, tmp_p
 
 
 @pytest.mark.slow
-def test_sampled_and_full_batch_training_agree_on_cora(tmp_path):
-    """GCN alone and Mowst-GCN, 3 seeds each, full-batch against sampled ([15, 10] neighbours, 32 seeds a batch),
-    the registered configs otherwise: mean test accuracies within 0.03 (measured: see the README's "Data at scale";
-    the 10-seed spread of full-batch GCN is 0.007, sampled runs take 5 steps an epoch against one)."""
+@pytest.mark.parametrize("task, epochs", [("graph/gcn", "200"), ("graph/mowst-gcn", "300")])
+def test_sampled_and_full_batch_training_agree_on_cora(task, epochs, tmp_path):
+    """Full-batch against sampled ([15, 10] neighbours, 32 seeds a batch), 3 seeds each, the registered config
+    otherwise: mean test accuracies within 0.03 (measured, README "Data at scale": GCN full 0.815, sampled 0.829;
+    Mowst-GCN full 0.809; the 10-seed spread of full-batch GCN is 0.007, and a sampled epoch takes 5 steps against
+    one, so the tolerance is a few spreads)."""
     means = {}
-    for task, epochs in (("graph/gcn", "200"), ("graph/mowst-gcn", "300")):
-        for path in ("full", "neighbor"):
-            accs = []
-            for seed in ("0", "1", "2"):
-                run = tmp_path / f"{task.split('/')[1]}-{path}-{seed}"
-                flags = ["--data.sampler", "neighbor", "--data.batch_size", "32"] if path == "neighbor" else []
-                main(["fit", "--task", task, "--seed_everything", seed, "--trainer.max_epochs", epochs, *flags,
-                      "--trainer.default_root_dir", str(run), *QUIET])
-                accs.append(_metrics(run)["test/acc"])
-            means[task, path] = float(np.mean(accs))
-    for task in ("graph/gcn", "graph/mowst-gcn"):
-        assert abs(means[task, "neighbor"] - means[task, "full"]) <= 0.03, means
+    for path in ("full", "neighbor"):
+        accs = []
+        for seed in ("0", "1", "2"):
+            run = tmp_path / f"{path}-{seed}"
+            flags = ["--data.sampler", "neighbor", "--data.batch_size", "32"] if path == "neighbor" else []
+            main(["fit", "--task", task, "--seed_everything", seed, "--trainer.max_epochs", epochs, *flags,
+                  "--trainer.default_root_dir", str(run), *QUIET])
+            accs.append(_metrics(run)["test/acc"])
+        means[path] = float(np.mean(accs))
+    assert abs(means["neighbor"] - means["full"]) <= 0.03, means
 
 
 PEAK_RSS_BOUND_GB = 4.0  # the whole run, whole-graph evaluation included: measured 2.90 GB (README, "Data at scale")
