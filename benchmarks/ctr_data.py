@@ -29,8 +29,7 @@ from pathlib import Path
 def child(kind: str, path: str, out: str, hash_buckets: int, workers: int, batch_size: int) -> dict:
     from moezoo.tasks.ctr.data import CTRData
 
-    options = {"preset": "criteo", "hash_buckets": hash_buckets, "batch_size": batch_size, "num_workers": workers,
-               "numeric_bins": None}
+    options = {"preset": "criteo", "hash_buckets": hash_buckets, "batch_size": batch_size, "num_workers": workers}
     start = time.perf_counter()
     if kind == "prepare":
         marker = CTRData(path=path, **options).prepare(out)

@@ -38,8 +38,7 @@ def peak_rss_mb(argv: list[str]) -> float:
 EPOCH = """
 import sys
 from moezoo.tasks.ctr.data import CTRData
-data = CTRData(path=sys.argv[1], preset="criteo", hash_buckets=100000, batch_size=2048, shuffle_buffer=16384,
-               numeric_bins=None)
+data = CTRData(path=sys.argv[1], preset="criteo", hash_buckets=100000, batch_size=2048, shuffle_buffer=16384)
 data.setup()
 rows = sum(len(batch["labels"]) for batch in data.train_dataloader())
 assert rows == data.splits["train"].rows, rows
