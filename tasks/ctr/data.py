@@ -38,6 +38,7 @@ from moezoo.training.data import SplitDataModule
 
 from . import stream, synthetic
 from .encoders import EncoderFit, Encoders, categorical_strings, numeric_values
+from .numeric import fit_bins
 from .presets import PRESETS, Preset, check_label_values, read_csv, resolve_fields, resolve_labels
 from .stream import EpochLoader, StreamedRows
 
@@ -190,10 +191,14 @@ class CTRData(SplitDataModule):
         batch_size, num_workers: loader settings.
         num_samples, num_domains: size of the generated default.
         shuffle_buffer: rows of a prepared directory's shuffle buffer (per DataLoader worker).
+        numeric_bins: how the bin edges of the numeric fields for the model's piecewise-linear embeddings are fitted
+            on the training split: ``tree`` (target-aware, a decision tree per task), ``quantile``, or null (none; a
+            model with ``numeric_embedding: piecewise`` then refuses to build). See ``numeric.py``.
+        num_numeric_bins: at most this many bins per numeric field.
     """
 
     model_links = {"field_cardinalities": "cardinalities", "num_numeric": "num_numeric", "tasks": "tasks",
-                   "domains": "domains", "user_column": "has_user"}
+                   "domains": "domains", "user_column": "has_user", "numeric_bin_edges": "numeric_bins"}
 
     monitor = "val/auc"
     has_test = True
@@ -204,7 +209,8 @@ class CTRData(SplitDataModule):
                  test_fraction: float = 0.2, split_seed: int = 0, min_count: int = 1, hash_buckets: int | None = None,
                  numeric_transform: Literal["standard", "log", "bucketize"] | None = None, num_buckets: int = 16,
                  batch_size: int = 1024, num_workers: int = 0, num_samples: int = 100_000, num_domains: int = 3,
-                 shuffle_buffer: int = 262_144):
+                 shuffle_buffer: int = 262_144, numeric_bins: Literal["tree", "quantile"] | None = "tree",
+                 num_numeric_bins: int = 48):
         super().__init__()
         self.path = None if path is None else Path(path).expanduser()
         self.test_path = None if test_path is None else Path(test_path).expanduser()
@@ -216,6 +222,8 @@ class CTRData(SplitDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.num_samples, self.num_domains_arg = num_samples, num_domains
         self.shuffle_buffer = shuffle_buffer
+        self.numeric_bins, self.num_numeric_bins = numeric_bins, num_numeric_bins
+        self._bin_edges: list[list[float]] | None = None
         self.splits: dict[str, _Rows | StreamedRows] | None = None
 
     # -- reading ------------------------------------------------------------------------------------------------
@@ -479,6 +487,33 @@ class CTRData(SplitDataModule):
     def user_column(self) -> bool:
         self.setup()
         return bool(self.has_user)
+
+    BIN_ROWS = 1_000_000  # the training rows the numeric bins are fitted on, at most
+
+    @property
+    def numeric_bin_edges(self) -> list[list[float]] | None:
+        """Bin edges per numeric field (``numeric.fit_bins`` on the encoded training rows, at most ``BIN_ROWS`` of
+        them: a seeded sample in memory, the first ones of a prepared directory, read whole by every process so
+        that all fit the same edges), or None with ``numeric_bins: null`` or no numeric field."""
+        self.setup()
+        if self.numeric_bins is None or not self.numeric_names:
+            return None
+        if self._bin_edges is None:
+            train = self.splits["train"]
+            if isinstance(train, _Rows):
+                values, labels = train.tensors["numeric"], train.tensors["labels"]
+            else:
+                parts, rows = [], 0
+                for batch in train.with_options(shuffle=False, train=False, batch_size=65_536, num_workers=0,
+                                                 ranks=(0, 1)):
+                    parts.append((batch["numeric"], batch["labels"]))
+                    rows += len(batch["labels"])
+                    if rows >= self.BIN_ROWS:
+                        break
+                values, labels = (torch.cat(column) for column in zip(*parts))
+            self._bin_edges = fit_bins(values, labels, self.num_numeric_bins, self.numeric_bins, self.BIN_ROWS,
+                                       seed=self.split_seed)
+        return self._bin_edges
 
     def make_loader(self, rows: _Rows | StreamedRows, shuffle: bool) -> DataLoader:
         """Batches of ``batch_size`` rows, each gathered by one indexing of the row tensors (in memory), or read

@@ -18,6 +18,7 @@ The network is injected (``network``: MMoE, PLE/CGC, HoME or AdaptDHM with its o
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -43,7 +44,9 @@ class CTRTask(TaskModule):
             ``network(in_dim, tasks, domains)`` with its own arguments given in the config, e.g.
             ``network: {class_path: moezoo.tasks.ctr.HoMENet, init_args: {num_shared: 2}}`` (``MMoENet``,
             ``PLENet`` (CGC with ``num_levels: 1``), ``HoMENet``, ``AdaptDHMNet``).
-        embed_dim: width of every categorical field's embedding.
+        embed_dim: width of every categorical field's embedding (and numeric field's, when embedded).
+        numeric_embedding: ``none`` (numeric values enter as they are), ``piecewise`` (piecewise-linear embeddings
+            over bin edges from the training split, ``numeric_bins``) or ``periodic`` (``numeric.py``).
         lr: Adam learning rate.
         weight_decay: L2 on the network's weights (Adam's, as FuxiCTR's ``net_regularizer``).
         embedding_weight_decay: L2 on the embedding tables (FuxiCTR's ``embedding_regularizer``).
@@ -51,16 +54,20 @@ class CTRTask(TaskModule):
         cardinalities, num_numeric, tasks, domains, has_user: the data's encoded fields (the vocabulary size of each
             categorical field, the number of numeric ones), task and domain names, and whether a user column exists;
             under the CLI they come from the data module (linked), so the model is built from its own arguments.
+        numeric_bins: the bin edges of each numeric field for ``piecewise`` (linked from the data's
+            ``numeric_bins``, fitted on its training split).
     """
 
     monitor = "val/auc"
     monitor_mode = "max"
 
     def __init__(self, network: Callable[[int, list[str], list[str]], nn.Module] | None = None,
-                 embed_dim: int = 16, lr: float = 1e-3, weight_decay: float = 0.0,
+                 embed_dim: int = 16, numeric_embedding: Literal["none", "piecewise", "periodic"] = "none",
+                 lr: float = 1e-3, weight_decay: float = 0.0,
                  embedding_weight_decay: float = 1e-6, task_weights: list[float] | None = None,
                  cardinalities: list[int] | None = None, num_numeric: int = 0, tasks: list[str] | None = None,
-                 domains: list[str] | None = None, has_user: bool = False):
+                 domains: list[str] | None = None, has_user: bool = False,
+                 numeric_bins: list[list[float]] | None = None):
         super().__init__(lr=lr, weight_decay=weight_decay, cosine=False)
         if network is None:
             raise MoezooError("model.init_args.network is not set: give a network class (MMoENet, PLENet, HoMENet, "
@@ -68,6 +75,7 @@ class CTRTask(TaskModule):
         self.save_hyperparameters()
         self.network = network
         self.embed_dim, self.embedding_weight_decay, self.task_weights = embed_dim, embedding_weight_decay, task_weights
+        self.numeric_embedding, self.numeric_bins = numeric_embedding, numeric_bins
         self.data_sizes = (cardinalities, num_numeric, tasks, domains or ["all"], has_user)
         self.built = False
 
@@ -87,7 +95,8 @@ class CTRTask(TaskModule):
             raise MoezooError(f"model.task_weights has {len(self.task_weights)} values but the data has "
                              f"{len(tasks)} tasks ({', '.join(tasks)})")
         self.tasks, self.domains, self.has_user = tasks, domains, has_user
-        self.features = FeatureEmbedding(cardinalities, num_numeric, self.embed_dim)
+        self.features = FeatureEmbedding(cardinalities, num_numeric, self.embed_dim, self.numeric_embedding,
+                                         self.numeric_bins)
         self.net = self.network(self.features.out_dim, list(tasks), list(domains))
         weights = self.task_weights or [1.0] * len(tasks)
         self.register_buffer("loss_weights", torch.tensor(weights, dtype=torch.float), persistent=False)

@@ -141,8 +141,9 @@ def test_home_hierarchy_mask_task_gates_see_shared_category_and_own_experts_only
     for c, gate in enumerate(net.meta_gates):
         w = _gate_weights(gate, v)
         assert (w[:, [e for e in range(5) if e not in net.meta_allowed(c)]] == 0).all()
+    meta_output = torch.randn(9, 64)  # the task gates read their category's meta output
     for t, gate in enumerate(net.task_gates.values()):
-        w = _gate_weights(gate, v)
+        w = _gate_weights(gate, meta_output)
         assert (w[:, [e for e in range(8) if e not in net.task_allowed(t)]] == 0).all()
         assert (w[:, net.task_allowed(t)] > 0).all()
 
@@ -173,12 +174,38 @@ def test_feature_gate_is_centred_at_one_and_follows_its_formula():
     assert ((gate(x) / x).abs() < 2).all()
 
 
-def test_self_gate_is_a_sigmoid_weighted_sum_of_its_own_experts():
+def test_self_gate_is_a_softmax_over_several_own_experts_and_a_sigmoid_for_one():
     torch.manual_seed(0)
     gate = SelfGate(4, [1, 3])
     x, outputs = torch.randn(6, 4), torch.randn(5, 6, 2)
-    w = torch.sigmoid(gate.gate(x))
+    w = torch.softmax(gate.gate(x), dim=-1)
     torch.testing.assert_close(gate(x, outputs), w[:, :1] * outputs[1] + w[:, 1:] * outputs[3])
+    torch.testing.assert_close(gate.weights(x).sum(-1), torch.ones(6))
+    single = SelfGate(4, [2])
+    torch.testing.assert_close(single(x, outputs), torch.sigmoid(single.gate(x)) * outputs[2])
+
+
+def test_home_task_gates_read_their_categorys_meta_output_and_the_global_output_has_no_self_gate():
+    torch.manual_seed(0)
+    net = HoMENet(6, ["click", "like", "buy"], ["all"], categories=[["click", "like"], ["buy"]],
+                  num_shared=1, num_category=2, num_task=1, expert_hidden=[8]).eval()
+    assert net.global_self_gate is None
+    seen = {}
+    for t, gate in enumerate(net.task_gates.values()):
+        gate.register_forward_pre_hook(lambda module, args, t=t: seen.__setitem__(t, args[0].detach().clone()))
+    meta = []
+    for c in range(2):
+        net.meta_gates[c].register_forward_hook(lambda module, args, out, c=c: meta.append((c, out.detach())))
+    v, domain = torch.randn(5, 6), torch.zeros(5, dtype=torch.long)
+    net(v, domain)
+    h1 = net.meta_experts(net.meta_feature_gate(v))
+    expected = {c: out + net.meta_self_gates[c](v, h1) for c, out in meta}
+    for t, c in enumerate(net.category_of):
+        assert seen[t].shape == (5, 8)
+        torch.testing.assert_close(seen[t], expected[c])
+    earlier = HoMENet(6, ["click", "buy"], ["all"], task_gate_input="features", global_self_gate=True)
+    assert earlier.global_self_gate is not None
+    assert next(iter(earlier.task_gates.values())).domains["all"].router.gate.in_features == 6
 
 
 def test_dynamic_routing_follows_its_equations_and_updates_centres_by_momentum():
