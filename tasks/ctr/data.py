@@ -37,15 +37,10 @@ from moezoo.errors import MoezooError
 from moezoo.training.data import SplitDataModule
 
 from . import stream, synthetic
-from .encoders import EncoderFit, Encoders, categorical_strings, numeric_values
+from .encoders import EncoderFit, Encoders, categorical_strings, numeric_values, one_line
 from .numeric import fit_bins
 from .presets import PRESETS, Preset, check_label_values, read_csv, resolve_fields, resolve_labels
 from .stream import EpochLoader, StreamedRows
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as one short line: its type and message, whitespace (newlines) collapsed."""
-    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -29,6 +29,12 @@ import torch
 
 from moezoo.errors import MoezooError
 
+
+def one_line(error: BaseException) -> str:
+    """An exception as one short line: its type and message, whitespace (newlines) collapsed."""
+    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
+
+
 MISSING = "\0missing"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 QUANTILE_SAMPLE = 500_000  # finite training values kept per field for the bucket edges (16 bytes each)

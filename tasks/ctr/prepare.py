@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from moezoo.errors import MoezooError
 
-from .encoders import MISSING, EncoderFit, categorical_strings, numeric_values
+from .encoders import MISSING, EncoderFit, categorical_strings, numeric_values, one_line
 from .stream import FORMAT, LABEL_PREFIX, MARKER, SPLITS, STATE
 
 CHUNK_ROWS = 100_000
@@ -89,8 +89,6 @@ def source_chunks(read, path: Path, key: str, layout: str, scratch: Path) -> Ite
             for batch in batches:
                 yield batch.to_pandas()
         except Exception as error:  # pyarrow's many kinds for a damaged or foreign file
-            from .data import one_line
-
             raise MoezooError(f"{path}: cannot read it as Parquet data ({one_line(error)})") from None
         return
     piece = scratch / ("chunk" + "".join(s for s in path.suffixes if s not in (".gz",)))

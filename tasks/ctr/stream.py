@@ -37,17 +37,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from moezoo.errors import MoezooError
 
-from .encoders import Encoders
+from .encoders import Encoders, one_line
 
 MARKER = "prepared.json"
 STATE = "data.json"
 FORMAT = 1
 LABEL_PREFIX = "__label__"  # the shards' label columns: __label__<task>, 0/1 float32
 SPLITS = ("train", "val", "test")
-
-
-def _reason(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())[:300]
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,7 @@ def read_marker(directory: Path) -> dict:
     try:
         info = json.loads(marker.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MoezooError(f"{marker}: not a readable {MARKER} ({_reason(error)}); prepare again") from None
+        raise MoezooError(f"{marker}: not a readable {MARKER} ({one_line(error)}); prepare again") from None
     if not isinstance(info, dict) or info.get("moezoo_prepared") != FORMAT:
         raise MoezooError(f"{marker}: not a moezoo prepared-data marker of format {FORMAT}; prepare again")
     for key in ("options", "rows", "files", "columns"):
@@ -89,7 +85,7 @@ def split_row_groups(directory: Path, info: dict, split: str) -> list[RowGroup]:
             meta = pq.ParquetFile(path).metadata
             names = meta.schema.to_arrow_schema().names
         except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
-            raise MoezooError(f"{path}: not a readable Parquet file ({_reason(error)}); prepare again") from None
+            raise MoezooError(f"{path}: not a readable Parquet file ({one_line(error)}); prepare again") from None
         if names != columns:
             raise MoezooError(f"{path}: its columns ({', '.join(names[:6])}, ...) are not the prepared ones "
                               f"({', '.join(columns[:6])}, ...): a file from elsewhere; prepare again")
@@ -181,7 +177,7 @@ class StreamedRows(IterableDataset):
             table: pa.Table = files[group.path].read_row_group(group.index).slice(first, last - first)
             frame = table.to_pandas()
         except Exception as error:  # a shard damaged after prepare: pyarrow raises many kinds
-            raise MoezooError(f"{group.path}: cannot read row group {group.index} ({_reason(error)}); "
+            raise MoezooError(f"{group.path}: cannot read row group {group.index} ({one_line(error)}); "
                               "prepare again") from None
         tasks = self.encoders.task_names
         labels = {t: frame[LABEL_PREFIX + t].to_numpy(dtype=np.float32) for t in tasks}
