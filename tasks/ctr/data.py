@@ -187,8 +187,9 @@ class CTRData(SplitDataModule):
         num_samples, num_domains: size of the generated default.
         shuffle_buffer: rows of a prepared directory's shuffle buffer (per DataLoader worker).
         numeric_bins: how the bin edges of the numeric fields for the model's piecewise-linear embeddings are fitted
-            on the training split: ``tree`` (target-aware, a decision tree per task), ``quantile``, or null (none; a
-            model with ``numeric_embedding: piecewise`` then refuses to build). See ``numeric.py``.
+            on the training split: ``tree`` (target-aware, a decision tree per task), ``quantile``, or null (the
+            default: nothing is fitted, and a model with ``numeric_embedding: piecewise`` refuses to build with a
+            one-line error saying so). See ``numeric.py``.
         num_numeric_bins: at most this many bins per numeric field.
     """
 
@@ -204,7 +205,7 @@ class CTRData(SplitDataModule):
                  test_fraction: float = 0.2, split_seed: int = 0, min_count: int = 1, hash_buckets: int | None = None,
                  numeric_transform: Literal["standard", "log", "bucketize"] | None = None, num_buckets: int = 16,
                  batch_size: int = 1024, num_workers: int = 0, num_samples: int = 100_000, num_domains: int = 3,
-                 shuffle_buffer: int = 262_144, numeric_bins: Literal["tree", "quantile"] | None = "tree",
+                 shuffle_buffer: int = 262_144, numeric_bins: Literal["tree", "quantile"] | None = None,
                  num_numeric_bins: int = 48):
         super().__init__()
         self.path = None if path is None else Path(path).expanduser()

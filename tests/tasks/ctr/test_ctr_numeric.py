@@ -65,7 +65,8 @@ def test_numeric_embedding_shapes_and_errors():
 
 def test_piecewise_mmoe_through_the_cli_keeps_its_bins_in_the_checkpoint_and_trains_in_bf16(tmp_path):
     main(["fit", "--task", "ctr/mmoe", "--trainer.default_root_dir", str(tmp_path), *LEARN, *QUIET,
-          "--model.numeric_embedding", "piecewise", "--trainer.precision", "bf16-mixed"])
+          "--model.numeric_embedding", "piecewise", "--data.numeric_bins", "tree", "--trainer.precision",
+          "bf16-mixed"])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test/auc_click"] > 0.62, metrics["test/auc_click"]  # the plain variants' bar (test_ctr_cli.py)
     model = CTRTask.load_from_checkpoint(metrics["best_model_path"])
@@ -79,7 +80,7 @@ def test_piecewise_mmoe_through_the_cli_keeps_its_bins_in_the_checkpoint_and_tra
 def test_piecewise_without_bins_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--task", "ctr/mmoe", "--trainer.default_root_dir", str(tmp_path), *SMALL, *QUIET,
-              "--model.numeric_embedding", "piecewise", "--data.numeric_bins", "null"])
+              "--model.numeric_embedding", "piecewise"])  # --data.numeric_bins is null by default
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "numeric_bins" in err and "Traceback" not in err
