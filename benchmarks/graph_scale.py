@@ -9,9 +9,10 @@ peak RSS is its own run's (``getrusage``: data loading, training, the whole-grap
 
 Per run: training seconds per epoch (first batch to last, validation excluded), the whole-graph validation's seconds,
 peak RSS in GB (``setup``: data read and model built; ``train``: after the first training epoch, before any
-validation; ``peak``: the whole run, evaluation included), steps, test accuracy. Sampled: ``--data.sampler
-neighbor --data.num_neighbors [15, 10] --data.batch_size 1024``. ``--run-one`` runs a single cell (the tests'
-memory check uses it).
+validation; ``peak``: the whole run, evaluation included), steps, test accuracy. Three cells per size: full-batch
+training, sampled training (``--data.sampler neighbor --data.num_neighbors [15, 10] --data.batch_size 1024``), both
+scored by one whole-graph pass, and sampled training scored by layer-wise inference (``--data.inference layerwise
+--data.inference_batch_size 4096``). ``--run-one`` runs a single cell (the tests' memory check uses it).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def run_one(args) -> dict:
         work = Path(work)
         sampled = ["--data.sampler", "neighbor", "--data.num_neighbors", "[15, 10]", "--data.batch_size",
                    str(args.batch_size)] if args.sampler == "neighbor" else []
+        sampled += ["--data.inference", args.inference, "--data.inference_batch_size", str(args.inference_batch_size)]
         sys.path.insert(0, str(HERE))  # the CLI imports graph_scale.EpochTimer from here
         moezoo(["fit", "--task", args.task, "--data.root", args.root, "--data.name", args.name, *sampled,
                 "--trainer.max_epochs", str(args.epochs), "--trainer.default_root_dir", str(work / "run"),
@@ -86,7 +88,8 @@ def run_one(args) -> dict:
                 "--trainer.callbacks+=graph_scale.EpochTimer", f"--trainer.callbacks.out={work / 'times.json'}"])
         times = json.loads((work / "times.json").read_text())
         metrics = json.loads((work / "run" / "metrics.json").read_text())
-    return {"task": args.task, "sampler": args.sampler, "epochs": metrics["epochs"], "steps": times["steps"],
+    return {"task": args.task, "sampler": args.sampler, "inference": args.inference, "epochs": metrics["epochs"],
+            "steps": times["steps"],
             "train_seconds_per_epoch": times["train_seconds"], "val_seconds": times["val_seconds"],
             "setup_peak_rss_gb": times["setup_peak_rss_gb"], "train_peak_rss_gb": times["train_peak_rss_gb"],
             "peak_rss_gb": _peak_rss_gb(), "test_acc": metrics["test/acc"]}
@@ -103,6 +106,8 @@ def main() -> None:
     parser.add_argument("--run-one", action="store_true", help="one fit in this process (--root, --name, --sampler)")
     parser.add_argument("--root"), parser.add_argument("--name"), parser.add_argument("--out")
     parser.add_argument("--sampler", choices=["full", "neighbor"], default="neighbor")
+    parser.add_argument("--inference", choices=["full", "layerwise"], default="full")
+    parser.add_argument("--inference-batch-size", type=int, default=4096)
     args = parser.parse_args()
     if args.run_one:
         result = run_one(args)
@@ -116,17 +121,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for size in args.sizes:
             write_block_graph(Path(work) / f"sbm{size}.npz", size, int(args.edges_per_node * size))
-            for sampler in ("full", "neighbor"):
-                out = Path(work) / f"{size}-{sampler}.json"
+            for sampler, inference in (("full", "full"), ("neighbor", "full"), ("neighbor", "layerwise")):
+                out = Path(work) / f"{size}-{sampler}-{inference}.json"
                 cmd = [sys.executable, __file__, "--run-one", "--root", work, "--name", f"sbm{size}", "--sampler",
-                       sampler, "--task", args.task, "--epochs", str(args.epochs), "--batch-size",
+                       sampler, "--inference", inference, "--inference-batch-size", str(args.inference_batch_size),
+                       "--task", args.task, "--epochs", str(args.epochs), "--batch-size",
                        str(args.batch_size), "--out", str(out)]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
-                    sys.exit(f"{size} nodes, {sampler}: the fit failed:\n{done.stderr[-3000:]}")
+                    sys.exit(f"{size} nodes, {sampler}, {inference}: the fit failed:\n{done.stderr[-3000:]}")
                 row = {"nodes": size, "edges": int(args.edges_per_node * size), **json.loads(out.read_text())}
                 rows.append(row)
-                print(f"{size:>9} nodes  {sampler:>8}: {row['train_seconds_per_epoch']} s/epoch (train), "
+                print(f"{size:>9} nodes  {sampler:>8} {inference:>9}: {row['train_seconds_per_epoch']} s/epoch, "
                       f"val {row['val_seconds']} s, {row['steps']} steps, peak RSS setup/train/all "
                       f"{row['setup_peak_rss_gb']:.2f}/{row['train_peak_rss_gb']:.2f}/{row['peak_rss_gb']:.2f} GB, "
                       f"test acc {row['test_acc']:.3f}", flush=True)

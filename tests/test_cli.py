@@ -75,6 +75,14 @@ def test_every_registered_variant_fits_through_the_cli(task, tmp_path):
     assert metrics["global_step"] == 1
 
 
+def test_fit_without_checkpointing_writes_no_checkpoint_and_tests_the_final_weights(tmp_path):
+    # moezoo adds its ModelCheckpoint callbacks only when the user has not turned checkpointing off (Lightning
+    # refuses enable_checkpointing=False next to a ModelCheckpoint)
+    metrics = _run(tmp_path, "fit", "--task", "image-classification", *FAST, "--trainer.enable_checkpointing", "false")
+    assert metrics["global_step"] == 3 and "test/acc" in metrics
+    assert "best_model_path" not in metrics and not (tmp_path / "checkpoints").exists()
+
+
 def test_fit_writes_checkpoints_heatmap_and_metrics_then_tests_the_best_checkpoint(tmp_path):
     metrics = _run(tmp_path, "fit", "--task", "image-classification", *FAST)
     assert {"val/acc", "test/acc", "train/loss", "best_model_path"} <= metrics.keys()

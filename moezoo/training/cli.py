@@ -376,7 +376,8 @@ class MoezooCLI(LightningCLI):
         root = Path(trainer_config.get("default_root_dir") or ".")
         # the model's metric (the data may have decided it through a link, e.g. ROC-AUC for two-class graphs)
         monitor, mode = self.model.monitor, self.model.monitor_mode
-        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        checkpointing = trainer_config.get("enable_checkpointing") is not False  # --trainer.enable_checkpointing
+        if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             # ModelCheckpoint's save_last only writes when a best checkpoint is written: a second, unmonitored
             # callback writes last.ckpt after every epoch. The best one stays first (trainer.checkpoint_callback).
             callbacks.append(ModelCheckpoint(

@@ -14,8 +14,12 @@
 
 ``sampler: full`` (the default): each training batch is the whole graph. ``sampler: neighbor``: PyG's
 ``NeighborLoader`` over the train nodes (``num_neighbors`` per hop, ``batch_size`` seeds, shuffled; ``sampling.py``).
-Validation, test and predict batches are the whole graph either way: one full-neighbourhood pass without gradients,
-so every node is scored exactly as full-batch evaluation scores it. In a multi-process run (DDP) the train nodes are
+Validation, test and predict score every node without gradients, as full-batch evaluation scores it, in one of two
+ways (``inference``): ``full`` (the default), one whole-graph pass; ``layerwise``, PyG's layer-wise inference
+(``layerwise.py``): each layer for all nodes, ``inference_batch_size`` target nodes at a time on their full one-hop
+neighbourhoods, so that only one layer's [nodes, hidden] outputs and one batch's subgraph are held (GAT's
+whole-graph pass holds [edges, heads x hidden]); its logits equal the whole-graph pass's.
+In a multi-process run (DDP) the train nodes are
 split between the processes without overlap: sampled, a ``DistributedSampler`` (reshuffled every epoch, ``drop_last``)
 over the seeds; full-batch, each process's ``train_mask`` keeps a fixed disjoint share (a seeded permutation dealt
 round-robin), so the processes' averaged gradients are those of the whole train set.
@@ -184,6 +188,9 @@ class GraphData(SplitDataModule):
             GNN has layers.
         batch_size: ``neighbor``: seed (train) nodes per batch.
         num_workers: ``neighbor``: DataLoader worker processes that sample.
+        inference: how validation, test and predict score every node: ``full`` (one whole-graph pass) or
+            ``layerwise`` (PyG's layer-wise inference, bounded memory, the same logits).
+        inference_batch_size: ``layerwise``: target nodes per step of a layer.
         normalize_features: row-normalise features to sum 1 with PyG's ``NormalizeFeatures`` (the usual choice
             for Planetoid bag-of-words; it first shifts all features by their minimum, and leaves a row whose sum
             is below 1 as it is). Default: on for Planetoid, off for the npz sets.
@@ -196,13 +203,20 @@ class GraphData(SplitDataModule):
                  normalize_features: bool | None = None,
                  metric: Literal["auto", "acc", "roc_auc"] = "auto", ogb_split: str | None = None,
                  sampler: Literal["full", "neighbor"] = "full", num_neighbors: list[int] | None = None,
-                 batch_size: int = 1024, num_workers: int = 0):
+                 batch_size: int = 1024, num_workers: int = 0,
+                 inference: Literal["full", "layerwise"] = "full", inference_batch_size: int = 4096):
         super().__init__()
         self.root = None if root is None else Path(root).expanduser()
         self.name, self.split, self.metric_arg, self.ogb_split = name, split, metric, ogb_split
         self.sampler, self.batch_size, self.num_workers = sampler, batch_size, num_workers
         self.num_neighbors = [15, 10] if num_neighbors is None else list(num_neighbors)
         _check_sampling(sampler, self.num_neighbors, batch_size, num_workers)
+        if inference not in ("full", "layerwise"):
+            raise MoezooError(f"data.inference must be full or layerwise, got {inference!r}")
+        if isinstance(inference_batch_size, bool) or not isinstance(inference_batch_size, int) \
+                or inference_batch_size < 1:
+            raise MoezooError(f"data.inference_batch_size must be an integer >= 1, got {inference_batch_size!r}")
+        self.inference, self.inference_batch_size = inference, inference_batch_size
         self.normalize_features = name.lower() in PLANETOID if normalize_features is None else normalize_features
         self.data: Data | None = None
 
@@ -238,8 +252,11 @@ class GraphData(SplitDataModule):
         with warnings.catch_warnings():  # torch's one-time "sparse CSR is beta" notices, not the user's concern
             warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
             self.data = T.ToSparseTensor(remove_edge_index=False)(data)
-        whole = _WholeGraph(self.data)
-        self.splits = {"train": whole, "val": whole, "test": whole}
+        evaluated = self.data
+        if self.inference == "layerwise":  # the experts read it and score the nodes layer by layer (model.py)
+            evaluated = copy.copy(self.data)
+            evaluated.layerwise_batch_size = self.inference_batch_size
+        self.splits = {"train": _WholeGraph(self.data), "val": _WholeGraph(evaluated), "test": _WholeGraph(evaluated)}
 
     @property
     def num_features(self) -> int:

@@ -24,6 +24,7 @@ from torchmetrics.functional.classification import binary_auroc, multiclass_accu
 from moezoo.errors import MoezooError
 from moezoo.training import TaskModule
 
+from .layerwise import layerwise_logits
 from .sampling import is_sampled, seed_rows
 
 GNNS = {"gcn": GCN, "sage": GraphSAGE, "gat": GAT, "gin": GIN}
@@ -69,12 +70,17 @@ def expert_logits(expert, data):
 
     Sampled batch (``sampling.py``): the MLP sees the seeds' features only; a GNN runs on the subgraph's
     ``edge_index`` (normalised anew, GCN's cache untouched) and its first ``batch_size`` rows are returned.
+
+    Whole graph marked for layer-wise inference (``layerwise_batch_size``, set by ``--data.inference layerwise`` on
+    the evaluation batches, used in eval mode): ``layerwise.py``, the same logits in bounded memory.
     """
     if is_sampled(data):
         if isinstance(expert, MLP):
             return expert(seed_rows(data, "x"))
         with _uncached(expert):
             return expert(data.x, data.edge_index)[:data.batch_size]
+    if "layerwise_batch_size" in data and not expert.training:
+        return layerwise_logits(expert, data, data.layerwise_batch_size)
     if isinstance(expert, MLP):
         return expert(data.x)
     if isinstance(expert, GAT) or "adj_t" not in data:

@@ -33,6 +33,16 @@ def mixture_loss(conf, weak_logits, strong_logits, y):
     return F.nll_loss(probs.clamp_min(1e-12).log(), y)
 
 
+def sampled_draws(conf: torch.Tensor, weak_probs: torch.Tensor, strong_probs: torch.Tensor, num_draws: int,
+                  seed: int = 0):
+    """Sampled inference's draws, yielded one at a time ([N, classes] each, so that only one is held): node i takes
+    the weak prediction with probability C_i, else the strong one; seeded, the same draws on every call."""
+    generator = torch.Generator(device=conf.device).manual_seed(seed)
+    for _ in range(num_draws):
+        use_weak = torch.rand(conf.shape, generator=generator, device=conf.device) < conf
+        yield torch.where(use_weak.unsqueeze(-1), weak_probs, strong_probs)
+
+
 class Mowst(GraphTask):
     """Mowst (``star: false``) or Mowst* (``star: true``) with a GNN strong expert.
 
@@ -170,15 +180,12 @@ class Mowst(GraphTask):
     # -- evaluation -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def predictions(self, data):
-        """(expected mixture probs [N, C], list of sampled probs, confidence C [N])."""
+        """(expected mixture probs [N, C], the ``num_draws`` sampled probs (a generator, ``sampled_draws``),
+        confidence C [N])."""
         weak_logits, strong_logits, conf = self(data)
         self.gate.record.add(Routing.from_weights(torch.stack([conf, 1 - conf], -1)), training=False)
         weak_probs, strong_probs = weak_logits.softmax(-1), strong_logits.softmax(-1)
-        generator = torch.Generator(device=conf.device).manual_seed(0)
-        draws = []
-        for _ in range(self.num_draws):
-            use_weak = torch.rand(conf.shape, generator=generator, device=conf.device) < conf
-            draws.append(torch.where(use_weak.unsqueeze(-1), weak_probs, strong_probs))
+        draws = sampled_draws(conf, weak_probs, strong_probs, self.num_draws)
         return mixture(conf, weak_probs, strong_probs), draws, conf
 
     def task_step(self, data, stage):
@@ -259,5 +266,5 @@ class Mowst(GraphTask):
 
     def predict_step(self, data, batch_idx):
         expected, draws, conf = self.predictions(data)
-        probs = expected if self.inference == "expected" else torch.stack(draws).mean(0)
+        probs = expected if self.inference == "expected" else sum(draws) / self.num_draws
         return {"pred": probs.argmax(-1), "prob": probs, "confidence": conf}

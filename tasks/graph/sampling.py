@@ -100,13 +100,14 @@ class TorchNeighborSampler(NeighborSampler):
         return sample_neighbors(self.colptr, self.row, seed, self.num_neighbors.get_mapped_values())
 
 
-def neighbor_loader(data: Data, seeds: torch.Tensor, num_neighbors: list[int], batch_size: int, *,
-                    shuffle: bool, sampler=None, num_workers: int = 0) -> NeighborLoader:
-    """PyG's ``NeighborLoader`` over ``seeds`` (global node ids) with ``TorchNeighborSampler``.
+def neighbor_loader(data: Data, seeds: torch.Tensor | None, num_neighbors: list[int], batch_size: int, *,
+                    shuffle: bool, sampler=None, num_workers: int = 0, transform=None) -> NeighborLoader:
+    """PyG's ``NeighborLoader`` over ``seeds`` (global node ids; None: every node) with ``TorchNeighborSampler``.
 
-    ``sampler`` (e.g. a ``DistributedSampler`` over ``range(len(seeds))``) replaces the loader's own order.
+    ``sampler`` (e.g. a ``DistributedSampler`` over ``range(len(seeds))``) replaces the loader's own order;
+    ``transform`` is applied to each batch (PyG's loader argument).
     """
     return NeighborLoader(data, num_neighbors=list(num_neighbors), input_nodes=seeds, batch_size=batch_size,
                           shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,
-                          persistent_workers=num_workers > 0,
+                          persistent_workers=num_workers > 0, transform=transform,
                           neighbor_sampler=TorchNeighborSampler(data, list(num_neighbors)))

@@ -168,6 +168,8 @@ def test_sampled_inference_uses_the_weak_expert_with_probability_c():
     model = Mowst(strong="gcn", num_features=5, num_classes=3, num_draws=400).eval()
     data = _toy()
     expected, draws, conf = model.predictions(data)
+    draws = list(draws)  # yielded one at a time
+    assert len(draws) == 400 and all(torch.equal(a, b) for a, b in zip(draws, model.predictions(data)[1]))  # seeded
     weak = model.weak(data.x).softmax(-1)
     share = torch.stack([torch.isclose(d, weak).all(-1).float() for d in draws]).mean(0)
     assert torch.allclose(share, conf, atol=0.08)
