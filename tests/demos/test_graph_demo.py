@@ -78,7 +78,7 @@ def test_mowst_star_with_sampled_inference_shows_the_mean_of_its_draws(cora):
     result = predict_graph(model, data)
     with torch.no_grad():
         _, draws, conf = model.predictions(data)
-    assert torch.allclose(result["probs"], torch.stack(draws).mean(0)) and torch.allclose(result["conf"], conf)
+    assert torch.allclose(result["probs"], torch.stack(list(draws)).mean(0)) and torch.allclose(result["conf"], conf)
     report = node_report(result, data, 5)
     assert report["decided_by"] == decided_by(result, float(conf[5])) and report["strong"]["class"].startswith("class")
 
