@@ -210,12 +210,7 @@ class GraphData(SplitDataModule):
         self.name, self.split, self.metric_arg, self.ogb_split = name, split, metric, ogb_split
         self.sampler, self.batch_size, self.num_workers = sampler, batch_size, num_workers
         self.num_neighbors = [15, 10] if num_neighbors is None else list(num_neighbors)
-        _check_sampling(sampler, self.num_neighbors, batch_size, num_workers)
-        if inference not in ("full", "layerwise"):
-            raise MoezooError(f"data.inference must be full or layerwise, got {inference!r}")
-        if isinstance(inference_batch_size, bool) or not isinstance(inference_batch_size, int) \
-                or inference_batch_size < 1:
-            raise MoezooError(f"data.inference_batch_size must be an integer >= 1, got {inference_batch_size!r}")
+        _check_sampling(sampler, self.num_neighbors, batch_size, num_workers, inference, inference_batch_size)
         self.inference, self.inference_batch_size = inference, inference_batch_size
         self.normalize_features = name.lower() in PLANETOID if normalize_features is None else normalize_features
         self.data: Data | None = None
@@ -311,12 +306,15 @@ def _rank_and_world(trainer) -> tuple[int, int]:
     return int(getattr(trainer, "global_rank", 0)), int(getattr(trainer, "world_size", 1))
 
 
-def _check_sampling(sampler, num_neighbors, batch_size, num_workers) -> None:
-    if sampler not in ("full", "neighbor"):
-        raise MoezooError(f"data.sampler must be full or neighbor, got {sampler!r}")
+def _check_sampling(sampler, num_neighbors, batch_size, num_workers, inference, inference_batch_size) -> None:
+    for key, value, valid in (("sampler", sampler, ("full", "neighbor")),
+                              ("inference", inference, ("full", "layerwise"))):
+        if value not in valid:
+            raise MoezooError(f"data.{key} must be {' or '.join(valid)}, got {value!r}")
     if not num_neighbors or any(isinstance(k, bool) or not isinstance(k, int) or k < -1 for k in num_neighbors):
         raise MoezooError(f"data.num_neighbors must be a non-empty list of integers >= -1 (one per hop, -1: all), "
                           f"got {num_neighbors!r}")
-    for key, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+    for key, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                            ("inference_batch_size", inference_batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise MoezooError(f"data.{key} must be an integer >= {low}, got {value!r}")

@@ -20,7 +20,7 @@ summation order) for every expert:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch_geometric.data import Data
@@ -61,8 +61,24 @@ def inference_graph(expert, data: Data) -> Data:
     return Data(x=data.x, edge_index=data.edge_index, num_nodes=data.num_nodes)
 
 
+def _loader(expert, data: Data, batch_size: int):
+    """The full one-hop loader over every node of ``data`` for ``expert``, built once per graph and batch size and
+    kept on the expert (as GCN keeps its normalised adjacency: one graph, transductive), so that each evaluation does
+    not renormalise and re-sort the graph's edges. The graph is recognised by its ``edge_index`` tensor itself (kept
+    with the loader, so it stays alive and is never mistaken for another)."""
+    kept = getattr(expert, "_layerwise_loader", None)
+    key = (data.edge_index, batch_size)
+    if kept is None or kept[0][0] is not data.edge_index or kept[0][1] != batch_size:
+        graph = inference_graph(expert, data)
+        graph.x = graph.x.float()
+        kept = key, neighbor_loader(graph, None, [-1], batch_size, shuffle=False,
+                                    transform=_weighted_adj_t if isinstance(expert, GCN) else None)
+        expert._layerwise_loader = kept
+    return kept[1]
+
+
 @torch.no_grad()
-def layerwise_logits(expert, data: Data, batch_size: int, num_workers: int = 0) -> torch.Tensor:
+def layerwise_logits(expert, data: Data, batch_size: int) -> torch.Tensor:
     """Logits of every node of ``data`` (a whole graph), ``batch_size`` target nodes at a time (module docstring).
 
     Runs in float32 outside autocast (the sparse matmul of GCN has no bfloat16 CPU kernel) on ``data.x``'s device;
@@ -75,12 +91,6 @@ def layerwise_logits(expert, data: Data, batch_size: int, num_workers: int = 0) 
         if isinstance(expert, MLP):
             x = data.x.float()
             return torch.cat([expert(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-        graph = inference_graph(expert, data)
-        graph.x = graph.x.float()
-        is_gcn = isinstance(expert, GCN)
-        loader = neighbor_loader(graph, None, [-1], batch_size, shuffle=False, num_workers=num_workers,
-                                 transform=_weighted_adj_t if is_gcn else None)
-        if is_gcn:
-            with _prenormalised(expert):
-                return expert.inference(loader, device=data.x.device, embedding_device=data.x.device)
-        return expert.inference(loader, device=data.x.device, embedding_device=data.x.device)
+        loader = _loader(expert, data, batch_size)
+        with _prenormalised(expert) if isinstance(expert, GCN) else nullcontext():
+            return expert.inference(loader, device=data.x.device, embedding_device=data.x.device)

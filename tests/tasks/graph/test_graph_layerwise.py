@@ -52,6 +52,11 @@ def test_gcn_layerwise_uses_the_whole_graph_degrees_and_keeps_the_cache():
     cached = [(conv._cached_edge_index, conv._cached_adj_t) for conv in expert.convs]  # torch sparse: the first
     assert all(c[0] is not None for c in cached)
     assert torch.allclose(layerwise_logits(expert, graph, 300), whole, atol=1e-6)
+    loader = expert._layerwise_loader[1]  # built once per graph and batch size, as GCN caches its adjacency
+    assert torch.equal(layerwise_logits(expert, graph, 300), layerwise_logits(expert, graph, 300))
+    assert expert._layerwise_loader[1] is loader
+    layerwise_logits(expert, graph, 200)
+    assert expert._layerwise_loader[1] is not loader
     assert all(conv.normalize and (conv._cached_edge_index, conv._cached_adj_t) == c
                for conv, c in zip(expert.convs, cached))
     with torch.no_grad():
