@@ -28,12 +28,15 @@ from moezoo.cli import main as moezoo
 PLANETOID = {"cora", "citeseer", "pubmed"}
 
 
-def run_cell(method: str, dataset: str, root: str | None, run: int, workdir: Path, schedule: list[str]) -> dict:
+def run_cell(method: str, dataset: str, root: str | None, run: int, workdir: Path, schedule: list[str],
+             pretrain: list[str]) -> dict:
     out = workdir / f"{method}-{dataset}-{run}"
     args = ["fit", "--task", f"graph/{method}", "--trainer.default_root_dir", str(out),
             "--trainer.enable_progress_bar", "false", "--data.name", dataset]
     if method.startswith("mowst-") and not method.startswith("mowst-star-"):
         args += schedule
+    if method.startswith("mowst-"):
+        args += pretrain
     if dataset.lower() in PLANETOID:
         args += ["--seed_everything", str(run)]
         if root:
@@ -69,12 +72,19 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write all cells and the summary here")
     parser.add_argument("--phase-patience", type=int, default=None, help="Mowst: override the config's (100)")
     parser.add_argument("--round-patience", type=int, default=None, help="Mowst: override the config's (10)")
+    parser.add_argument("--first-phase", choices=["weak", "strong"], default=None,
+                        help="Mowst: override the config's (strong)")
+    parser.add_argument("--pretrain", choices=["weak", "strong", "both"], default=None,
+                        help="Mowst and Mowst*: pre-train experts alone first (the official --submethod pretrain_*)")
     args = parser.parse_args()
     schedule = []
     if args.phase_patience is not None:
         schedule += ["--model.init_args.phase_patience", str(args.phase_patience)]
     if args.round_patience is not None:
         schedule += ["--model.init_args.round_patience", str(args.round_patience)]
+    if args.first_phase is not None:
+        schedule += ["--model.init_args.first_phase", args.first_phase]
+    pretrain = ["--model.init_args.pretrain", args.pretrain] if args.pretrain else []
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +92,7 @@ def main() -> None:
             for method in args.methods:
                 cells = []
                 for run in range(args.first, args.first + args.runs):
-                    cells.append(run_cell(method, dataset, args.root, run, Path(tmp), schedule))
+                    cells.append(run_cell(method, dataset, args.root, run, Path(tmp), schedule, pretrain))
                     if args.json:  # each finished cell is kept, so a piece cut short still counts
                         results[f"{dataset}/{method}"] = {"cells": cells, "partial": True}
                         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -54,8 +54,12 @@ class Mowst(GraphTask):
             gradient. Mowst* always uses the gate.
         gate_features: the gate also sees the node's features (the official ``--original_data true``).
         star_loss: Mowst*: ``joint`` (mixture cross-entropy) or ``separate`` (gated sum of the two losses).
-        pretrain, pretrain_epochs: Mowst*: train only the ``weak`` or ``strong`` expert, on its own cross-entropy,
-            for the first ``pretrain_epochs`` epochs (``pretrain: null`` for none).
+        pretrain: train the ``weak`` expert, the ``strong`` one or ``both`` (weak, then strong) alone on its own
+            cross-entropy before the mixture trains (the official ``--submethod pretrain_model1|pretrain_model2|
+            pretrain_both``, ``vanilla_train_test_wrapper``); ``null``: none.
+        pretrain_epochs: each pre-trained expert trains this many epochs and keeps its last weights; 0 (default):
+            until its validation loss has gone more than ``phase_patience`` epochs without improving, then its
+            best weights are restored (the official early stop on ``val_loss``).
         first_phase: Mowst: which expert trains first in each round (``weak``: the paper's Algorithm 1 and the
             official loop; ``strong``, the default, trains the GNN first, as the official commands' GNN pre-training
             ``--submethod pretrain_model2`` does: weak first, the gate learns C -> 1 against a random GNN, see README).
@@ -70,7 +74,7 @@ class Mowst(GraphTask):
     def __init__(self, strong: Literal["gcn", "sage", "gat", "gin"] = "gcn", star: bool = False,
                  confidence: Literal["gate", "variance", "entropy", "learned"] = "gate", alpha: float = 1.0,
                  gate_features: bool = False, star_loss: Literal["joint", "separate"] = "joint",
-                 pretrain: Literal["weak", "strong"] | None = None, pretrain_epochs: int = 0,
+                 pretrain: Literal["weak", "strong", "both"] | None = None, pretrain_epochs: int = 0,
                  first_phase: Literal["weak", "strong"] = "strong", phase_patience: int = 100,
                  round_patience: int = 10, inference: Literal["expected", "sampled"] = "expected",
                  num_draws: int = 50, hidden: int = 64, num_layers: int = 2, dropout: float = 0.5,
@@ -80,10 +84,12 @@ class Mowst(GraphTask):
                                   ("confidence", confidence, ("gate", "variance", "entropy", "learned")),
                                   ("star_loss", star_loss, ("joint", "separate")),
                                   ("first_phase", first_phase, ("weak", "strong")),
-                                  ("pretrain", pretrain, (None, "weak", "strong")),
+                                  ("pretrain", pretrain, (None, "weak", "strong", "both")),
                                   ("inference", inference, ("expected", "sampled"))):
             if value not in valid:
                 raise ValueError(f"model.init_args.{key}={value!r} is not one of {', '.join(map(str, valid))}")
+        if pretrain_epochs < 0:
+            raise ValueError(f"model.init_args.pretrain_epochs={pretrain_epochs} must be >= 0")
         self.strong_kind, self.star, self.confidence_kind, self.alpha = strong, star, confidence, alpha
         self.gate_features, self.star_loss, self.first_phase = gate_features, star_loss, first_phase
         self.pretrain, self.pretrain_epochs = pretrain, pretrain_epochs
@@ -92,10 +98,12 @@ class Mowst(GraphTask):
         super().__init__(hidden, num_layers, dropout, lr, weight_decay, num_features, num_classes, metric)
         self.save_hyperparameters()
         self.automatic_optimization = star  # Mowst alternates two optimisers by hand
-        # the schedule's state (saved in checkpoints): the training phase, its best score and epochs since, the
-        # score of the weights kept so far ("kept", what a phase must beat), the best score at a round's end, rounds
-        # without a better one; and the weights at the phase's start and at its best (``_snapshot``)
-        self.phase = {"name": first_phase, "best": -math.inf, "since": 0, "kept": -math.inf,
+        # the schedule's state (saved in checkpoints): the training phase (``pretrain-weak``, ``pretrain-strong``,
+        # then ``weak``/``strong`` alternating), its best score and epochs since, the score of the weights kept so far
+        # ("kept", what a phase must beat), the best score at a round's end, rounds without a better one; and the
+        # weights at the phase's start and at its best (``_snapshot``)
+        first = {"weak": "pretrain-weak", "both": "pretrain-weak", "strong": "pretrain-strong"}.get(pretrain)
+        self.phase = {"name": first or first_phase, "best": -math.inf, "since": 0, "kept": -math.inf,
                       "round_best": -math.inf, "rounds_without": 0, "rounds": 0}
         self.phase_weights: dict[str, dict | None] = {"start": None, "best": None}
 
@@ -129,12 +137,16 @@ class Mowst(GraphTask):
         return weak_logits, expert_logits(self.strong, data), conf
 
     # -- training -------------------------------------------------------------------------------------------------
+    def pretraining(self) -> str | None:
+        """The expert trained alone in this epoch (``weak`` or ``strong``), None once the mixture trains."""
+        name = self.phase["name"]
+        return name.removeprefix("pretrain-") if name.startswith("pretrain-") else None
+
     def training_step(self, data, batch_idx):
         mask = seed_rows(data, "train_mask")  # a sampled batch: its seeds (all train nodes); else the whole mask
         y = seed_rows(data, "y")[mask]
-        if self.star and self.pretrain is not None and self.current_epoch < self.pretrain_epochs:
-            expert = self.weak if self.pretrain == "weak" else self.strong
-            loss = F.cross_entropy(expert_logits(expert, data)[mask], y)
+        if self.pretraining() is not None:
+            loss = self._pretraining_step(data, mask, y)
         elif self.star:
             weak_logits, strong_logits, conf = self(data)
             loss_fn = mixture_loss if self.star_loss == "joint" else mowst_loss
@@ -142,6 +154,21 @@ class Mowst(GraphTask):
         else:
             loss = self._alternating_step(data, mask, y)
         self.log("train/loss", loss, batch_size=1, prog_bar=True)
+        return loss
+
+    def _pretraining_step(self, data, mask, y):
+        """One expert alone on its own cross-entropy (Mowst: with its own optimiser; the other expert, the gate and
+        their optimiser untouched)."""
+        name = self.pretraining()
+        loss = F.cross_entropy(expert_logits(getattr(self, name), data)[mask], y)
+        self.log("train/pretraining_is_weak", float(name == "weak"), batch_size=1)
+        if self.star:
+            return loss
+        opt = self.optimizers()[0 if name == "weak" else 1]
+        opt.zero_grad()
+        with torch.autocast(loss.device.type, enabled=False):  # as in _alternating_step
+            self.manual_backward(loss)
+        opt.step()
         return loss
 
     def _alternating_step(self, data, mask, y):
@@ -202,6 +229,12 @@ class Mowst(GraphTask):
         self.log(f"{stage}/loss", loss, batch_size=1)
         if stage == "val":
             self._val_score = float(main.get(self.monitor, main["val/acc"]))
+            name = self.pretraining()
+            if name is not None:  # a pre-training phase stops on its expert's own validation loss
+                logits = expert_logits(getattr(self, name), data)
+                expert_loss = F.cross_entropy(logits[mask], data.y[mask])
+                self.log("val/pretraining_loss", expert_loss, batch_size=1)
+                self._val_score = -float(expert_loss)
         return loss
 
     # -- the alternating schedule ---------------------------------------------------------------------------------
@@ -226,16 +259,38 @@ class Mowst(GraphTask):
 
     def on_validation_epoch_end(self):
         super().on_validation_epoch_end()
-        if self.star or self.trainer.sanity_checking or not hasattr(self, "_val_score"):
+        if self.trainer.sanity_checking or not hasattr(self, "_val_score"):
             return
+        if self.pretraining() is not None:
+            if self.pretrain_epochs:
+                self.phase["since"] += 1  # epochs of this pre-training
+                if self.phase["since"] >= self.pretrain_epochs:
+                    self._end_pretraining()
+            elif self._track_best():
+                self._end_pretraining()
+        elif not self.star and self._track_best():
+            self._end_phase()
+
+    def _track_best(self) -> bool:
+        """Count this epoch's validation score into the phase; True when the phase has run out of patience."""
         state, score = self.phase, self._val_score
         if score > state["best"]:
             state["best"], state["since"] = score, 0
             self.phase_weights["best"] = self._snapshot()
         else:
             state["since"] += 1
-        if state["since"] > self.phase_patience:
-            self._end_phase()
+        return state["since"] > self.phase_patience
+
+    def _end_pretraining(self) -> None:
+        """End an expert's pre-training: keep its best weights (early-stopped) or its last ones (fixed epochs), then
+        pre-train the strong expert (``both``) or start the mixture with nothing kept yet."""
+        state = self.phase
+        if not self.pretrain_epochs and self.phase_weights["best"] is not None:
+            self._restore(self.phase_weights["best"])
+        both = state["name"] == "pretrain-weak" and self.pretrain == "both"
+        state["name"] = "pretrain-strong" if both else self.first_phase
+        state["best"], state["since"] = -math.inf, 0
+        self.phase_weights = {"start": self._snapshot(), "best": None}
 
     def _end_phase(self) -> None:
         state = self.phase

@@ -1,5 +1,7 @@
 """Mowst's losses and training phases against the paper's formulas."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -198,5 +200,71 @@ def test_mowst_star_pretraining_trains_only_the_chosen_expert_on_its_own_loss():
     loss.backward()
     assert all(p.grad is None for p in [*model.weak.parameters(), *model.gate.parameters()])
     assert any(p.grad is not None for p in model.strong.parameters())
-    with pytest.raises(ValueError, match="pretrain='both'"):
-        Mowst(star=True, pretrain="both")
+    with pytest.raises(ValueError, match="pretrain='all'"):
+        Mowst(star=True, pretrain="all")
+    with pytest.raises(ValueError, match="pretrain_epochs=-1"):
+        Mowst(pretrain="both", pretrain_epochs=-1)
+
+
+def test_mowst_pretraining_steps_train_one_expert_alone_with_its_own_optimiser():
+    # the official pretrain_both: vanilla_train_test_wrapper(model1, optimizer1), then (model2, optimizer2)
+    model = Mowst(strong="gcn", num_features=5, num_classes=3, pretrain="both")
+    data = _toy()
+    weak_opt = torch.optim.SGD([*model.weak.parameters(), *model.gate.parameters()], lr=0.1)
+    strong_opt = torch.optim.SGD(model.strong.parameters(), lr=0.1)
+    model.optimizers = lambda: (weak_opt, strong_opt)
+    model.manual_backward = lambda loss: loss.backward()
+    model.log = lambda *a, **k: None
+    for phase, moving in (("pretrain-weak", model.weak), ("pretrain-strong", model.strong)):
+        model.phase["name"] = phase
+        model.eval()  # no dropout: the returned loss is the expert's cross-entropy, recomputed
+        before = {n: [p.clone() for p in m.parameters()] for n, m in (("weak", model.weak),
+                                                                      ("strong", model.strong), ("gate", model.gate))}
+        logits = moving(data.x) if moving is model.weak else moving(data.x, data.edge_index)
+        expected = F.cross_entropy(logits[data.train_mask], data.y[data.train_mask]).item()
+        loss = model.training_step(data, 0)
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+        for name, params in before.items():
+            moved = any(not torch.equal(a, b) for a, b in zip(params, getattr(model, name).parameters()))
+            assert moved == (getattr(model, name) is moving), (phase, name)
+
+
+def test_pretraining_early_stops_on_the_expert_loss_restores_its_best_then_the_next_phase_starts():
+    model = _stamped_model(pretrain="both", first_phase="weak", phase_patience=1)
+    assert model.pretraining() == "weak"
+    _stamp(model, -1.0)
+    model.on_train_start()
+    for epoch, score in enumerate([-1.0, -0.5, -0.7]):  # minus the weak expert's validation loss
+        _epoch(model, epoch, score)
+    assert model.pretraining() == "weak", "one epoch without improvement is within the patience"
+    _epoch(model, 3, -0.6)
+    assert model.pretraining() == "strong" and _stamps(model) == {1.0}, "the best pre-training epoch is restored"
+    for epoch, score in zip(range(4, 7), [-0.9, -0.95, -0.92]):
+        _epoch(model, epoch, score)
+    assert model.pretraining() is None and model.phase["name"] == "weak" and _stamps(model) == {4.0}
+    assert model.phase["kept"] == -math.inf and model.phase["rounds"] == 0, "the mixture starts with nothing kept"
+    _epoch(model, 7, 0.3)  # the alternation's first phase starts from the pre-trained weights
+    _epoch(model, 8, 0.2)
+    _epoch(model, 9, 0.2)
+    assert model.phase["name"] == "strong" and model.phase["kept"] == 0.3 and _stamps(model) == {7.0}
+
+    fixed = _stamped_model(pretrain="strong", pretrain_epochs=2, star=True)
+    assert fixed.pretraining() == "strong"
+    _epoch(fixed, 0, -0.1)
+    _epoch(fixed, 1, -0.9)
+    assert fixed.pretraining() is None and _stamps(fixed) == {1.0}, "fixed epochs keep the last weights"
+
+
+def test_a_pretraining_cli_fit_reaches_the_alternation(tmp_path):
+    import json
+
+    from moezoo.cli import main as moezoo
+
+    out = tmp_path / "run"
+    moezoo(["fit", "--task", "graph/mowst-gcn", "--trainer.max_epochs", "12", "--trainer.default_root_dir", str(out),
+            "--trainer.enable_progress_bar", "false", "--model.init_args.pretrain", "both",
+            "--model.init_args.pretrain_epochs", "3"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 12 and 0.0 <= metrics["test/acc"] <= 1.0
+    model = Mowst.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert model.pretraining() is None and model.phase["name"] == "strong", "3 + 3 pre-training epochs, then the GNN"
