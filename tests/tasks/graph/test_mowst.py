@@ -42,14 +42,19 @@ def test_mixture_loss_is_the_cross_entropy_of_the_expected_prediction():
     assert mixture_loss(conf, weak, strong, y) == pytest.approx(-p[[0, 1], y].log().mean().item(), rel=1e-6)
 
 
-def test_alternating_step_trains_only_the_phase_expert():
-    model = Mowst(strong="gcn", num_features=5, num_classes=3, first_phase="weak")
-    data = _toy()
+def _manual_optimisation_outside_a_trainer(model):
+    """What Lightning gives Mowst's manual optimisation: its two optimisers (SGD here), backward, logging."""
     weak_opt = torch.optim.SGD([*model.weak.parameters(), *model.gate.parameters()], lr=0.1)
     strong_opt = torch.optim.SGD(model.strong.parameters(), lr=0.1)
     model.optimizers = lambda: (weak_opt, strong_opt)
     model.manual_backward = lambda loss: loss.backward()
     model.log = lambda *a, **k: None
+
+
+def test_alternating_step_trains_only_the_phase_expert():
+    model = Mowst(strong="gcn", num_features=5, num_classes=3, first_phase="weak")
+    data = _toy()
+    _manual_optimisation_outside_a_trainer(model)
     weak_side = torch.nn.ModuleList([model.weak, model.gate])  # the official optimizer1: MLP and gate together
     for phase, moving, still in (("weak", weak_side, model.strong), ("strong", model.strong, weak_side)):
         model.phase["name"] = phase
@@ -210,11 +215,7 @@ def test_mowst_pretraining_steps_train_one_expert_alone_with_its_own_optimiser()
     # the official pretrain_both: vanilla_train_test_wrapper(model1, optimizer1), then (model2, optimizer2)
     model = Mowst(strong="gcn", num_features=5, num_classes=3, pretrain="both")
     data = _toy()
-    weak_opt = torch.optim.SGD([*model.weak.parameters(), *model.gate.parameters()], lr=0.1)
-    strong_opt = torch.optim.SGD(model.strong.parameters(), lr=0.1)
-    model.optimizers = lambda: (weak_opt, strong_opt)
-    model.manual_backward = lambda loss: loss.backward()
-    model.log = lambda *a, **k: None
+    _manual_optimisation_outside_a_trainer(model)
     for phase, moving in (("pretrain-weak", model.weak), ("pretrain-strong", model.strong)):
         model.phase["name"] = phase
         model.eval()  # no dropout: the returned loss is the expert's cross-entropy, recomputed
