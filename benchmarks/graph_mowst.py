@@ -62,6 +62,13 @@ def mean_of(cells: list[dict], key: str):
     return statistics.mean(values) if values else None
 
 
+def weak_share_by_mean(cells: list[dict]) -> dict:
+    """Per class / degree bucket, the mean weak share over the cells whose test nodes have that bucket (a split may
+    have no test node in some degree bucket)."""
+    keys = list(dict.fromkeys(k for c in cells for k in c["weak_share_by"]))
+    return {k: statistics.mean(c["weak_share_by"][k] for c in cells if k in c["weak_share_by"]) for k in keys}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None, help="folder with Cora/raw and <name>.npz files")
@@ -107,8 +114,7 @@ def main() -> None:
                     "seconds_per_epoch": statistics.mean(c["seconds_per_epoch"] for c in cells),
                     "epochs": statistics.mean(c["epochs"] for c in cells),
                     "score_sampled": mean_of(cells, "score_sampled"), "weak_share": mean_of(cells, "weak_share"),
-                    "weak_share_by": {k: statistics.mean(c["weak_share_by"][k] for c in cells)
-                                      for k in cells[0]["weak_share_by"]},
+                    "weak_share_by": weak_share_by_mean(cells),
                     "cells": cells,
                 }
                 results[f"{dataset}/{method}"] = summary
