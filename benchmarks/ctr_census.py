@@ -21,19 +21,22 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from moezoo.cli import main as moezoo
 from moezoo.moe import GatedMixture
 from moezoo.tasks.ctr import CTRData, CTRTask
 
 
-def gate_entropy(checkpoint: str, args) -> dict:
+def gate_entropy(checkpoint: str, run_dir: Path) -> dict:
     """{gate kind: {"entropy", "max"}}: mean per-sample entropy of each kind of gate over the test split (kinds: the
-    gate's module path with task and domain names removed, e.g. ``net.task_gates``, ``net.meta_gates``)."""
+    gate's module path with task and domain names removed, e.g. ``net.task_gates``, ``net.meta_gates``). The data
+    module is rebuilt from the run's own saved config, so ``--flag`` data settings (fields, ``min_count``) hold."""
     model = CTRTask.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     if len(model.domains) > 1:  # per-domain gates each see their domain's rows only: not measured here
         return {}
-    data = CTRData(path=args.path, preset=args.preset) if args.path else CTRData()
+    config = next(run_dir.glob("lightning_logs/version_*/config.yaml"))
+    data = CTRData(**OmegaConf.to_container(OmegaConf.load(config).data.init_args))
     data.setup()
     gates = {name: m for name, m in model.named_modules() if isinstance(m, GatedMixture)}
     sums: dict[str, list[float]] = {}
@@ -63,7 +66,7 @@ def run_cell(method: str, seed: int, args, workdir: Path) -> dict:
     seconds = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
     return {"seed": seed, "seconds": seconds, "epochs": metrics.get("epochs"),
-            "gate_entropy": gate_entropy(metrics["best_model_path"], args),
+            "gate_entropy": gate_entropy(metrics["best_model_path"], out),
             "auc": {k.removeprefix("test/auc_"): v for k, v in metrics.items() if k.startswith("test/auc_")},
             "usage": {k.removeprefix("test/routing/"): v for k, v in metrics.items()
                       if k.startswith("test/routing/")}}
