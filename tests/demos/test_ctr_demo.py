@@ -40,6 +40,8 @@ def _model_of(variant: str, fields, **sizes):
     data = fields.data
     config["init_args"].update({"cardinalities": list(data.cardinalities), "num_numeric": len(data.numeric_names),
                                 "tasks": list(data.task_names), "domains": list(data.domain_names), **sizes})
+    if config["init_args"].get("numeric_embedding", "none") == "piecewise":  # bins are the model's own arguments
+        config["init_args"]["numeric_bins"] = [[-2.0, 0.0, 2.0]] * config["init_args"]["num_numeric"]
     torch.manual_seed(0)
     model = hub.build_model(config)
     model.hub_task = f"ctr/{variant}"

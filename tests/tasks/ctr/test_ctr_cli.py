@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from moezoo.cli import main
 from moezoo.registry import list_tasks
 from moezoo.tasks.ctr import CTRData, CTRTask
 
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "ctr"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "ctr"
 QUIET = ["--trainer.enable_progress_bar", "false"]
 SMALL = ["--data.num_samples", "4000", "--data.batch_size", "256", "--trainer.max_epochs", "1"]
 LEARN = ["--data.num_samples", "6000", "--data.batch_size", "256", "--trainer.max_epochs", "4", "--model.init_args.lr",
@@ -61,7 +63,8 @@ def test_home_tests_again_from_its_checkpoint_and_predicts(tmp_path):
     assert predictions["prob"].shape[1] == 2 and ((predictions["prob"] >= 0) & (predictions["prob"] <= 1)).all()
     # the checkpoint alone rebuilds the model (its sizes and network are its own arguments): no data module, no CLI
     model = CTRTask.load_from_checkpoint(fit["best_model_path"]).eval()
-    data = CTRData(num_samples=4000)
+    packaged = yaml.safe_load((CONFIGS / "home.yaml").read_text())["data"]["init_args"]
+    data = CTRData(**{**packaged, "num_samples": 4000})  # the fit's own data settings (vocabulary, bins)
     data.setup()
     with torch.no_grad():
         probs = torch.cat([torch.sigmoid(model(batch)) for batch in data.predict_dataloader()])

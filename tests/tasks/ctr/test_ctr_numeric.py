@@ -80,7 +80,7 @@ def test_piecewise_mmoe_through_the_cli_keeps_its_bins_in_the_checkpoint_and_tra
 def test_piecewise_without_bins_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--task", "ctr/mmoe", "--trainer.default_root_dir", str(tmp_path), *SMALL, *QUIET,
-              "--model.numeric_embedding", "piecewise"])  # --data.numeric_bins is null by default
+              "--model.numeric_embedding", "piecewise", "--data.numeric_bins", "null"])  # the configs' is tree
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "numeric_bins" in err and "Traceback" not in err
