@@ -71,7 +71,7 @@ def _weights_folder(name: str, task: str | None) -> tuple[Path, dict, str | None
     trained_as = config["moezoo"].get("task")
     if task is not None and trained_as is not None and task != trained_as:
         raise MoezooError(f"--weights {name}: these are weights of {trained_as}, not of --task {task}")
-    return folder, config["model"], trained_as
+    return folder, hub.complete_config(config["model"]), trained_as
 
 
 def _run_lightning(stage: str, argv: list[str]) -> None:

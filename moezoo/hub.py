@@ -103,6 +103,42 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def complete_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A task model's ``{"class_path", "init_args"}`` with every argument the task class takes: one the class gained
+    after the weights were saved gets the class's default (its behaviour before the argument existed).
+
+    The CLI lays a weights' config over the task's YAML; without this, an argument the YAML sets and the saved config
+    predates would silently take the YAML's value and build another model than the one trained. Only the task class
+    is completed: its saved hyper-parameters hold all its arguments, while a nested network's config may leave out
+    what the task passes it when it builds it (DiT's sizes)."""
+    import importlib
+    import inspect
+
+    class_path = config.get("class_path") if isinstance(config, dict) else None
+    if not isinstance(class_path, str) or "." not in class_path:
+        return config
+    module, _, name = class_path.rpartition(".")
+    try:
+        parameters = inspect.signature(getattr(importlib.import_module(module), name).__init__).parameters.values()
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return config  # an unknown class: building it names the problem
+    init_args = dict(config.get("init_args") or {})
+    for p in parameters:
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in init_args \
+                and p.default is not p.empty and _plain(p.default):
+            init_args[p.name] = p.default
+    return {**config, "init_args": init_args}
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is a JSON value a config can hold (a default that is an object is left to the YAML)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def fit_state(model: nn.Module, state: dict, source: str) -> nn.Module:
     """Loads ``state`` into ``model`` strictly; a state of another architecture is a MoezooError naming ``source``
     and how it differs (missing, unexpected and other-shaped tensors), not a shape-mismatch traceback."""

@@ -183,3 +183,22 @@ def test_an_export_in_float16_halves_the_file_and_loads_back_into_the_float32_mo
             assert value.dtype == torch.float32
             torch.testing.assert_close(value, reference.state_dict()[name].half().float(), rtol=0, atol=0)
     assert "stored in float16" in (tmp_path / "half" / "README.md").read_text()
+
+
+def test_weights_saved_before_an_argument_existed_get_its_default_not_the_task_yaml(tmp_path):
+    """ctr/mmoe's YAML now asks for piecewise numeric embeddings; a folder saved before `numeric_embedding` existed
+    (no such key in its config.json) holds a model without them, and `--weights` must build that model."""
+    run = tmp_path / "run"
+    main(["fit", "--task", "ctr/mmoe", *QUICK, "--model.init_args.numeric_embedding", "none",
+          "--trainer.default_root_dir", str(run)])
+    best = json.loads((run / "metrics.json").read_text())["best_model_path"]
+    main(["export", "--ckpt_path", best, "--to", str(tmp_path / "old")])
+    config_file = tmp_path / "old" / CONFIG_NAME
+    config = json.loads(config_file.read_text())
+    for key in ("numeric_embedding", "numeric_bins"):
+        del config["model"]["init_args"][key]
+    config_file.write_text(json.dumps(config))
+    main(["test", "--task", "ctr/mmoe", "--weights", str(tmp_path / "old"), *QUICK,
+          "--trainer.default_root_dir", str(tmp_path / "test")])
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert 0.5 < metrics["test/auc_click"] <= 1.0
