@@ -52,12 +52,10 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     class_path = class_path_of(model)
     init_args = {k: v for k, v in dict(getattr(model, "hparams", {}) or {}).items() if k not in _LIGHTNING_KEYS}
     for key, value in init_args.items():
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
+        if not _plain(value):
             raise MoezooError(
                 f"{class_path}: argument {key!r} ({type(value).__name__}) cannot be written to {CONFIG_NAME}; give it "
-                f"as a config ({{'class_path': ..., 'init_args': ...}}), as the CLI does") from None
+                f"as a config ({{'class_path': ..., 'init_args': ...}}), as the CLI does")
     return {"class_path": class_path, "init_args": init_args}
 
 
@@ -131,7 +129,7 @@ def complete_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> bool:
-    """Whether ``value`` is a JSON value a config can hold (a default that is an object is left to the YAML)."""
+    """Whether ``value`` is a JSON value a config can hold."""
     try:
         json.dumps(value)
     except (TypeError, ValueError):
