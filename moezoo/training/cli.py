@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import yaml
 from jsonargparse import ArgumentParser
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -400,4 +400,8 @@ class MoezooCLI(LightningCLI):
         if getattr(self.trainer, "interrupted", False):
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        # A weight-averaging callback (EMA, SWA) still holding its fit-time average would reload the checkpoint's
+        # trained weights (``current_model_state``) over its averaged ``state_dict``: the test would score weights the
+        # validation never chose. Without it the test scores the averaged weights, as ``moezoo test`` does.
+        self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, WeightAveraging)]
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
