@@ -7,10 +7,9 @@ holds the first steps' weights (0.995^94 = 0.62 of its weight after 94 steps: a 
 scored 0.53 AUC with it against 0.67 without). The warm-up is the formula of diffusers' ``EMAModel`` default
 (``get_decay`` without ``use_ema_warmup``); as in ``AveragedModel`` the first update copies, the average spans about
 the last n steps early on, and d_n reaches ``decay`` after (10 decay - 1) / (1 - decay) updates (1,790 for 0.995).
-Everything else is Lightning's
-``WeightAveraging``: an ``AveragedModel`` of the module updated after every optimizer step, swapped in for
-validation, written as the checkpoint's ``state_dict`` (the trained weights under ``current_model_state``) and
-copied into the module when training ends.
+Everything else is Lightning's ``WeightAveraging``: an ``AveragedModel`` of the module updated after every optimizer
+step, swapped in for validation, written as the checkpoint's ``state_dict`` (the trained weights under
+``current_model_state``) and copied into the module when training ends.
 
 In a YAML config::
 
