@@ -39,9 +39,9 @@ class WarmupEMA(WeightAveraging):
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
             raise MoezooError(f"trainer.callbacks: WarmupEMA decay must be a number in (0, 1), got {decay!r}")
         self.decay = float(decay)
+        super().__init__(device=device, use_buffers=use_buffers, avg_fn=self.average)
 
-        def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-            d = warmup_decay(self.decay, int(num_averaged))
-            return d * averaged + (1 - d) * current
-
-        super().__init__(device=device, use_buffers=use_buffers, avg_fn=average)
+    def average(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        """``AveragedModel``'s ``avg_fn``: one EMA step after ``num_averaged`` earlier updates."""
+        d = warmup_decay(self.decay, int(num_averaged))
+        return d * averaged + (1 - d) * current

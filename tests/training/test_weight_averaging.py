@@ -1,5 +1,5 @@
-"""A weight-averaging callback (Lightning's EMAWeightAveraging) through the CLI: the test after fit scores the
-averaged weights that validation chose, the same as `moezoo test` on the best checkpoint."""
+"""A weight-averaging callback (moezoo's WarmupEMA on Lightning's WeightAveraging) through the CLI: the test after
+fit scores the averaged weights that validation chose, the same as `moezoo test` on the best checkpoint."""
 
 import json
 
@@ -17,7 +17,7 @@ def _metrics(root):
 
 
 def test_the_test_after_fit_scores_the_averaged_weights_of_the_best_checkpoint(tmp_path):
-    # ctr/home's packaged config holds EMAWeightAveraging (decay 0.995); 0.9 here so that 3 short epochs move it
+    # ctr/home's packaged config holds WarmupEMA (decay 0.995); 0.9 here so that 3 short epochs move it
     main(["fit", "--task", "ctr/home", "--trainer.callbacks.decay", "0.9", "--trainer.default_root_dir",
           str(tmp_path / "fit"), *RUN])
     fit = _metrics(tmp_path / "fit")
@@ -51,7 +51,7 @@ def test_warmup_ema_follows_the_formula_step_by_step():
     assert warmup_decay(0.995, 5000) == 0.995
     callback = WarmupEMA(decay=0.9)
     module = torch.nn.Linear(3, 2)
-    averaged = AveragedModel(module, use_buffers=True, **callback._kwargs)
+    averaged = AveragedModel(module, use_buffers=True, avg_fn=callback.average)
     expected = None
     for n in range(40):
         with torch.no_grad():
