@@ -191,6 +191,9 @@ class CTRData(SplitDataModule):
             default: nothing is fitted, and a model with ``numeric_embedding: piecewise`` refuses to build with a
             one-line error saying so). See ``numeric.py``.
         num_numeric_bins: at most this many bins per numeric field.
+        bin_tree_min_samples_leaf, bin_tree_min_impurity_decrease: the stopping rules of the ``tree`` bins' trees
+            (scikit-learn's ``DecisionTreeClassifier`` arguments): smaller values give more edges, up to
+            ``num_numeric_bins`` per task.
     """
 
     model_links = {"field_cardinalities": "cardinalities", "num_numeric": "num_numeric", "tasks": "tasks",
@@ -206,7 +209,8 @@ class CTRData(SplitDataModule):
                  numeric_transform: Literal["standard", "log", "bucketize"] | None = None, num_buckets: int = 16,
                  batch_size: int = 1024, num_workers: int = 0, num_samples: int = 100_000, num_domains: int = 3,
                  shuffle_buffer: int = 262_144, numeric_bins: Literal["tree", "quantile"] | None = None,
-                 num_numeric_bins: int = 48):
+                 num_numeric_bins: int = 48, bin_tree_min_samples_leaf: int = 64,
+                 bin_tree_min_impurity_decrease: float = 1e-4):
         super().__init__()
         self.path = None if path is None else Path(path).expanduser()
         self.test_path = None if test_path is None else Path(test_path).expanduser()
@@ -219,6 +223,8 @@ class CTRData(SplitDataModule):
         self.num_samples, self.num_domains_arg = num_samples, num_domains
         self.shuffle_buffer = shuffle_buffer
         self.numeric_bins, self.num_numeric_bins = numeric_bins, num_numeric_bins
+        self.bin_tree_rules = {"min_samples_leaf": bin_tree_min_samples_leaf,
+                               "min_impurity_decrease": bin_tree_min_impurity_decrease}
         self._bin_edges: list[list[float]] | None = None
         self.splits: dict[str, _Rows | StreamedRows] | None = None
 
@@ -508,7 +514,7 @@ class CTRData(SplitDataModule):
                         break
                 values, labels = (torch.cat(column) for column in zip(*parts))
             self._bin_edges = fit_bins(values, labels, self.num_numeric_bins, self.numeric_bins, self.BIN_ROWS,
-                                       seed=self.split_seed)
+                                       seed=self.split_seed, **self.bin_tree_rules)
         return self._bin_edges
 
     def make_loader(self, rows: _Rows | StreamedRows, shuffle: bool) -> DataLoader:

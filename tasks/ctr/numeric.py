@@ -34,15 +34,27 @@ TREE_KWARGS = {"min_samples_leaf": 64, "min_impurity_decrease": 1e-4}  # the pac
 
 
 def fit_bins(values: torch.Tensor, labels: torch.Tensor, n_bins: int = 48,
-             method: Literal["tree", "quantile"] = "tree", max_rows: int = 1_000_000, seed: int = 0
-             ) -> list[list[float]]:
+             method: Literal["tree", "quantile"] = "tree", max_rows: int = 1_000_000, seed: int = 0,
+             min_samples_leaf: int | None = None, min_impurity_decrease: float | None = None) -> list[list[float]]:
     """Bin edges per numeric field from training rows: values [N, F] (as the data module encoded them), labels [N, T]
     0/1. At most ``max_rows`` rows (a seeded sample) are read. A field with a single value gets one bin [v, v + 1].
-    Returns plain lists (they travel as a model argument and in its saved hyper-parameters)."""
+    ``min_samples_leaf`` and ``min_impurity_decrease`` are the trees' stopping rules (scikit-learn's
+    ``DecisionTreeClassifier`` arguments, which the paper tunes per dataset; None: ``TREE_KWARGS``): the trees stop
+    splitting at these before they reach ``n_bins`` leaves. Returns plain lists (they travel as a model argument and
+    in its saved hyper-parameters)."""
     if method not in ("tree", "quantile"):
         raise MoezooError(f"data.numeric_bins must be tree, quantile or null, got {method!r}")
     if n_bins < 2:
         raise MoezooError(f"data.num_numeric_bins must be at least 2, got {n_bins}")
+    min_samples_leaf = TREE_KWARGS["min_samples_leaf"] if min_samples_leaf is None else min_samples_leaf
+    if min_impurity_decrease is None:
+        min_impurity_decrease = TREE_KWARGS["min_impurity_decrease"]
+    if isinstance(min_samples_leaf, bool) or not isinstance(min_samples_leaf, int) or min_samples_leaf < 1:
+        raise MoezooError(f"data.bin_tree_min_samples_leaf must be a whole number of rows >= 1, got "
+                          f"{min_samples_leaf!r}")
+    if not min_impurity_decrease >= 0:
+        raise MoezooError(f"data.bin_tree_min_impurity_decrease must be >= 0, got {min_impurity_decrease!r}")
+    tree_kwargs = {"min_samples_leaf": min_samples_leaf, "min_impurity_decrease": float(min_impurity_decrease)}
     values, labels = values.float(), labels.float()
     if len(values) > max_rows:
         rows = torch.randperm(len(values), generator=torch.Generator().manual_seed(seed))[:max_rows]
@@ -60,7 +72,7 @@ def fit_bins(values: torch.Tensor, labels: torch.Tensor, n_bins: int = 48,
             if method == "quantile":
                 pooled = compute_bins(column, bins)[0]
             else:
-                per_task = [compute_bins(column, bins, tree_kwargs=dict(TREE_KWARGS), y=labels[:, t],
+                per_task = [compute_bins(column, bins, tree_kwargs=dict(tree_kwargs), y=labels[:, t],
                                          regression=False)[0]
                             for t in range(labels.shape[1]) if labels[:, t].min() != labels[:, t].max()]
                 pooled = torch.unique(torch.cat(per_task)) if per_task else compute_bins(column, bins)[0]

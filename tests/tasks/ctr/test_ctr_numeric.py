@@ -10,7 +10,8 @@ import torch
 from sklearn.tree import DecisionTreeClassifier
 
 from moezoo.cli import main
-from moezoo.tasks.ctr import CTRTask
+from moezoo.errors import MoezooError
+from moezoo.tasks.ctr import CTRData, CTRTask
 from moezoo.tasks.ctr.numeric import TREE_KWARGS, NumericEmbedding, fit_bins
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -33,6 +34,33 @@ def test_tree_bins_are_the_split_thresholds_of_a_tree_per_task_pooled_with_the_r
         np.testing.assert_allclose(edges[f], sorted(expected), rtol=1e-6)
     # the label's thresholds are found: 0.7 for task 0 on field 0, 0.3 for task 1 on field 1
     assert min(abs(e - 0.7) for e in edges[0]) < 0.05 and min(abs(e - 0.3) for e in edges[1]) < 0.05
+
+
+def test_tree_stopping_rules_are_the_trees_arguments_and_looser_rules_give_more_edges():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 1)).astype(np.float32)
+    labels = (rng.random((3000, 1)) < 1 / (1 + np.exp(-2 * x))).astype(np.float32)  # a smooth P(y | x)
+    rules = {"min_samples_leaf": 16, "min_impurity_decrease": 0.0}
+    edges = fit_bins(torch.tensor(x), torch.tensor(labels), n_bins=32, method="tree", **rules)
+    tree = DecisionTreeClassifier(max_leaf_nodes=32, **rules).fit(x, labels[:, 0]).tree_
+    expected = {float(x.min()), float(x.max())} | {float(tree.threshold[n]) for n in range(tree.node_count)
+                                                   if tree.children_left[n] != tree.children_right[n]}
+    np.testing.assert_allclose(edges[0], sorted(expected), rtol=1e-6)
+    default = fit_bins(torch.tensor(x), torch.tensor(labels), n_bins=32, method="tree")  # TREE_KWARGS
+    assert len(default[0]) < len(edges[0]) == 33  # 32 leaves: 31 thresholds and the range
+    for bad, match in (({"min_samples_leaf": 0}, "bin_tree_min_samples_leaf"),
+                       ({"min_samples_leaf": 2.5}, "bin_tree_min_samples_leaf"),
+                       ({"min_impurity_decrease": -1e-3}, "bin_tree_min_impurity_decrease")):
+        with pytest.raises(MoezooError, match=match):
+            fit_bins(torch.tensor(x), torch.tensor(labels), method="tree", **bad)
+
+
+def test_the_data_module_fits_its_bins_with_its_tree_rules():
+    coarse, fine = (CTRData(num_samples=4000, numeric_bins="tree", bin_tree_min_samples_leaf=leaf,
+                            bin_tree_min_impurity_decrease=gain).numeric_bin_edges
+                    for leaf, gain in ((64, 1e-4), (8, 0.0)))
+    assert len(coarse) == len(fine) > 0
+    assert sum(map(len, fine)) > sum(map(len, coarse))
 
 
 def test_quantile_bins_and_a_constant_field():
