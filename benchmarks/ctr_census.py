@@ -1,7 +1,8 @@
 """Quality benchmark of the CTR family: test AUC per task of each model over seeds, through the CLI.
 
 Each cell runs `moezoo fit --task ctr/<method> --seed_everything S ...` (best-validation checkpoint by mean AUC,
-then test) and reads its metrics.json; then the best checkpoint runs over the test split once more to measure each
+then test) and reads its metrics.json (test AUC per task, and the checkpoint's mean validation AUC, by which settings
+are to be compared); then the best checkpoint runs over the test split once more to measure each
 kind of gate's mean entropy (nats, over the samples; ``max`` is log of the experts the gate may use, the entropy of a
 uniform gate). ``--flag`` passes extra CLI flags to every cell (e.g. ``--flag=--model.numeric_embedding=none``).
 
@@ -66,6 +67,7 @@ def run_cell(method: str, seed: int, args, workdir: Path) -> dict:
     seconds = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
     return {"seed": seed, "seconds": seconds, "epochs": metrics.get("epochs"),
+            "val_auc": metrics.get("best_model_score"),  # the mean validation AUC of the checkpoint tested
             "gate_entropy": gate_entropy(metrics["best_model_path"], out),
             "auc": {k.removeprefix("test/auc_"): v for k, v in metrics.items() if k.startswith("test/auc_")},
             "usage": {k.removeprefix("test/routing/"): v for k, v in metrics.items()
@@ -95,13 +97,17 @@ def main() -> None:
                        for task in tasks}
             usage_keys = sorted(cells[0]["usage"])
             usage = {k: statistics.mean(c["usage"][k] for c in cells) for k in usage_keys}
+            val = [c["val_auc"] for c in cells if c["val_auc"] is not None]
             results[method] = {"auc": summary, "usage": usage, "cells": cells,
+                               "val_auc": statistics.mean(val) if val else None,
                                "seconds": statistics.mean(c["seconds"] for c in cells)}
             kinds = sorted(cells[0]["gate_entropy"])
             results[method]["gate_entropy"] = {
                 k: {"entropy": statistics.mean(c["gate_entropy"][k]["entropy"] for c in cells),
                     "max": cells[0]["gate_entropy"][k]["max"]} for k in kinds}
             line = "  ".join(f"{task} {s['mean']:.4f} ± {s['std']:.4f}" for task, s in summary.items())
+            if val:
+                line += f"  (val mean AUC {statistics.mean(val):.4f})"
             line += "  gate entropy " + ", ".join(f"{k} {v['entropy']:.3f}/{v['max']:.3f}"
                                                  for k, v in results[method]["gate_entropy"].items())
             print(f"{method:10s} {line}  ({len(cells)} seeds, {results[method]['seconds']:.0f} s/run)", flush=True)

@@ -192,8 +192,8 @@ class CTRData(SplitDataModule):
             one-line error saying so). See ``numeric.py``.
         num_numeric_bins: at most this many bins per numeric field.
         bin_tree_min_samples_leaf, bin_tree_min_impurity_decrease: the stopping rules of the ``tree`` bins' trees
-            (scikit-learn's ``DecisionTreeClassifier`` arguments): smaller values give more edges, up to
-            ``num_numeric_bins`` per task.
+            (scikit-learn's ``DecisionTreeClassifier`` arguments; ``numeric.TREE_KWARGS``): smaller values give more
+            edges, up to ``num_numeric_bins`` per task.
     """
 
     model_links = {"field_cardinalities": "cardinalities", "num_numeric": "num_numeric", "tasks": "tasks",
@@ -209,8 +209,8 @@ class CTRData(SplitDataModule):
                  numeric_transform: Literal["standard", "log", "bucketize"] | None = None, num_buckets: int = 16,
                  batch_size: int = 1024, num_workers: int = 0, num_samples: int = 100_000, num_domains: int = 3,
                  shuffle_buffer: int = 262_144, numeric_bins: Literal["tree", "quantile"] | None = None,
-                 num_numeric_bins: int = 48, bin_tree_min_samples_leaf: int = 64,
-                 bin_tree_min_impurity_decrease: float = 1e-4):
+                 num_numeric_bins: int = 48, bin_tree_min_samples_leaf: int = 16,
+                 bin_tree_min_impurity_decrease: float = 0.0):
         super().__init__()
         self.path = None if path is None else Path(path).expanduser()
         self.test_path = None if test_path is None else Path(test_path).expanduser()

@@ -46,8 +46,11 @@ def test_tree_stopping_rules_are_the_trees_arguments_and_looser_rules_give_more_
     expected = {float(x.min()), float(x.max())} | {float(tree.threshold[n]) for n in range(tree.node_count)
                                                    if tree.children_left[n] != tree.children_right[n]}
     np.testing.assert_allclose(edges[0], sorted(expected), rtol=1e-6)
-    default = fit_bins(torch.tensor(x), torch.tensor(labels), n_bins=32, method="tree")  # TREE_KWARGS
-    assert len(default[0]) < len(edges[0]) == 33  # 32 leaves: 31 thresholds and the range
+    assert len(edges[0]) == 33  # 32 leaves: 31 thresholds and the range
+    assert fit_bins(torch.tensor(x), torch.tensor(labels), n_bins=32, method="tree") == edges  # TREE_KWARGS
+    coarse = fit_bins(torch.tensor(x), torch.tensor(labels), n_bins=32, method="tree", min_samples_leaf=64,
+                      min_impurity_decrease=1e-3)
+    assert len(coarse[0]) < len(edges[0])
     for bad, match in (({"min_samples_leaf": 0}, "bin_tree_min_samples_leaf"),
                        ({"min_samples_leaf": 2.5}, "bin_tree_min_samples_leaf"),
                        ({"min_impurity_decrease": -1e-3}, "bin_tree_min_impurity_decrease")):
