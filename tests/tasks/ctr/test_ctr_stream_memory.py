@@ -4,8 +4,9 @@ Two generated header-less Criteo TSVs in one run, each `moezoo prepare`d through
 the training loader (every training row read, encoded and batched, as `moezoo fit` reads them), each in a child
 process; the child's peak RSS (``ru_maxrss`` of the finished child, read by a fresh wrapper process so that each run
 is measured alone) is compared. Both sizes hold more training rows than one row group (65,536) and than the shuffle
-buffer (16,384 here), the two things the stream holds. The tolerance, 32 MB, covers allocator and pyarrow
-memory-pool noise (measured: +21 MB from 131K to 655K rows), where holding the rows as the in-memory path does costs
+buffer (16,384 here), the two things the stream holds. The tolerance, 64 MB, covers allocator and pyarrow
+memory-pool noise (measured: +21 MB from 131K to 655K rows; for the default pair +4 to +20 MB alone and +33.6 MB
+inside a full CI run on 2026-12-07, where 32 MB failed once), where holding the rows as the in-memory path does costs
 about 1.5 KB per row (its pandas strings): 200 MB for the default pair's gap. The model side is left out on purpose:
 its allocator noise is larger than the data's share. (An earlier reading of "0.6 MB per optimizer step" from two peak
 RSS values was that noise: the current RSS of `moezoo fit` on a prepared 300K-row Criteo directory, sampled at every
@@ -23,7 +24,7 @@ import pytest
 
 from moezoo.tasks.ctr.criteo_format import write_criteo_tsv
 
-TOLERANCE_MB = 32
+TOLERANCE_MB = 64
 MEASURE = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(done.returncode)")
 OPTIONS = ["--data.preset", "criteo", "--data.hash_buckets", "100000"]
