@@ -38,7 +38,7 @@ from moezoo.training.data import SplitDataModule
 
 from . import stream, synthetic
 from .encoders import EncoderFit, Encoders, categorical_strings, numeric_values, one_line
-from .numeric import fit_bins
+from .numeric import TREE_KWARGS, fit_bins
 from .presets import PRESETS, Preset, check_label_values, read_csv, resolve_fields, resolve_labels
 from .stream import EpochLoader, StreamedRows
 
@@ -209,8 +209,8 @@ class CTRData(SplitDataModule):
                  numeric_transform: Literal["standard", "log", "bucketize"] | None = None, num_buckets: int = 16,
                  batch_size: int = 1024, num_workers: int = 0, num_samples: int = 100_000, num_domains: int = 3,
                  shuffle_buffer: int = 262_144, numeric_bins: Literal["tree", "quantile"] | None = None,
-                 num_numeric_bins: int = 48, bin_tree_min_samples_leaf: int = 16,
-                 bin_tree_min_impurity_decrease: float = 0.0):
+                 num_numeric_bins: int = 48, bin_tree_min_samples_leaf: int = TREE_KWARGS["min_samples_leaf"],
+                 bin_tree_min_impurity_decrease: float = TREE_KWARGS["min_impurity_decrease"]):
         super().__init__()
         self.path = None if path is None else Path(path).expanduser()
         self.test_path = None if test_path is None else Path(test_path).expanduser()

@@ -38,20 +38,18 @@ TREE_KWARGS = {"min_samples_leaf": 16, "min_impurity_decrease": 0.0}
 
 def fit_bins(values: torch.Tensor, labels: torch.Tensor, n_bins: int = 48,
              method: Literal["tree", "quantile"] = "tree", max_rows: int = 1_000_000, seed: int = 0,
-             min_samples_leaf: int | None = None, min_impurity_decrease: float | None = None) -> list[list[float]]:
+             min_samples_leaf: int = TREE_KWARGS["min_samples_leaf"],
+             min_impurity_decrease: float = TREE_KWARGS["min_impurity_decrease"]) -> list[list[float]]:
     """Bin edges per numeric field from training rows: values [N, F] (as the data module encoded them), labels [N, T]
     0/1. At most ``max_rows`` rows (a seeded sample) are read. A field with a single value gets one bin [v, v + 1].
     ``min_samples_leaf`` and ``min_impurity_decrease`` are the trees' stopping rules (scikit-learn's
-    ``DecisionTreeClassifier`` arguments, which the paper tunes per dataset; None: ``TREE_KWARGS``): the trees stop
+    ``DecisionTreeClassifier`` arguments, which the paper tunes per dataset; default ``TREE_KWARGS``): the trees stop
     splitting at these before they reach ``n_bins`` leaves. Returns plain lists (they travel as a model argument and
     in its saved hyper-parameters)."""
     if method not in ("tree", "quantile"):
         raise MoezooError(f"data.numeric_bins must be tree, quantile or null, got {method!r}")
     if n_bins < 2:
         raise MoezooError(f"data.num_numeric_bins must be at least 2, got {n_bins}")
-    min_samples_leaf = TREE_KWARGS["min_samples_leaf"] if min_samples_leaf is None else min_samples_leaf
-    if min_impurity_decrease is None:
-        min_impurity_decrease = TREE_KWARGS["min_impurity_decrease"]
     if isinstance(min_samples_leaf, bool) or not isinstance(min_samples_leaf, int) or min_samples_leaf < 1:
         raise MoezooError(f"data.bin_tree_min_samples_leaf must be a whole number of rows >= 1, got "
                           f"{min_samples_leaf!r}")
