@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 
 from moezoo.moe import Routing, RoutingRecord
 
@@ -257,6 +258,31 @@ class Mowst(GraphTask):
         if not self.star and self.phase_weights["start"] is None:
             self.phase_weights["start"] = self._snapshot()
 
+    def on_train_epoch_start(self):
+        if getattr(self, "_mixture_starts", False):
+            self._forget_best_checkpoint()
+            self._mixture_starts = False
+
+    def _forget_best_checkpoint(self) -> None:
+        """The mixture's first epoch: the pre-training epochs (one expert trained alone) are no candidates for the
+        best checkpoint, so each checkpoint callback that keeps the best ``monitor`` score starts over and its file
+        is removed. (Run here, not when pre-training ends: that epoch's checkpoint is saved after this module's
+        ``on_validation_epoch_end``.)"""
+        trainer = self._trainer
+        for callback in getattr(trainer, "checkpoint_callbacks", []):
+            if callback.monitor != self.monitor:
+                continue
+            for path in callback.best_k_models:
+                trainer.strategy.remove_checkpoint(path)
+            callback.best_k_models, callback.best_model_path, callback.kth_best_model_path = {}, "", ""
+            callback.best_model_score = None
+            callback.kth_value = torch.tensor(-math.inf if callback.mode == "max" else math.inf)
+
+    def on_train_end(self):
+        if self.pretraining() is not None:  # e.g. Mowst*'s 300 epochs spent pre-training with early stopping
+            rank_zero_warn(f"Mowst: training ended during {self.phase['name']} (epoch {self.current_epoch}): the "
+                           "mixture never trained; raise --trainer.max_epochs or set --model.init_args.pretrain_epochs")
+
     def on_validation_epoch_end(self):
         super().on_validation_epoch_end()
         if self.trainer.sanity_checking or not hasattr(self, "_val_score"):
@@ -290,6 +316,7 @@ class Mowst(GraphTask):
         both = state["name"] == "pretrain-weak" and self.pretrain == "both"
         state["name"] = "pretrain-strong" if both else self.first_phase
         state["best"], state["since"] = -math.inf, 0
+        self._mixture_starts = not both
         self.phase_weights = {"start": self._snapshot(), "best": None}
 
     def _end_phase(self) -> None:

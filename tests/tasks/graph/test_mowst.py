@@ -269,3 +269,35 @@ def test_a_pretraining_cli_fit_reaches_the_alternation(tmp_path):
     assert metrics["epochs"] == 12 and 0.0 <= metrics["test/acc"] <= 1.0
     model = Mowst.load_from_checkpoint(out / "checkpoints" / "last.ckpt")
     assert model.pretraining() is None and model.phase["name"] == "strong", "3 + 3 pre-training epochs, then the GNN"
+    (best,) = (out / "checkpoints").glob("best-*.ckpt")
+    assert int(best.stem.split("=")[1]) >= 6, f"{best.name}: the best checkpoint is a mixture epoch (0-5 pre-train)"
+
+
+def test_the_best_checkpoint_forgets_the_pretraining_epochs_when_the_mixture_starts(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    kept = tmp_path / "best-epoch=002.ckpt"
+    kept.write_text("a pre-training epoch")
+    best, last = ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max"), ModelCheckpoint(dirpath=tmp_path)
+    best.best_k_models, best.best_model_path, best.kth_best_model_path = {str(kept): torch.tensor(0.9)}, str(kept), \
+        str(kept)
+    best.best_model_score = best.kth_value = torch.tensor(0.9)
+    removed = []
+    model = _stamped_model(pretrain="weak", pretrain_epochs=1)
+    model._trainer.checkpoint_callbacks = [best, last]
+    model._trainer.strategy = type("Strategy", (), {"remove_checkpoint": lambda self, path: removed.append(path)})()
+    _epoch(model, 1.0, 0.9)  # the one pre-training epoch ends: that epoch's checkpoint is saved after this hook
+    assert model.pretraining() is None and best.best_k_models, "nothing is forgotten before the mixture's first epoch"
+    model.on_train_epoch_start()
+    assert removed == [str(kept)] and best.best_k_models == {} and best.best_model_path == ""
+    assert best.best_model_score is None and float(best.kth_value) == -math.inf
+    assert best.check_monitor_top_k(model._trainer, torch.tensor(0.1)), "any mixture epoch is now the best so far"
+    model.on_train_epoch_start()
+    assert removed == [str(kept)], "only once"
+
+
+def test_a_fit_that_ends_in_pretraining_says_the_mixture_never_trained():
+    model = _stamped_model(pretrain="both", pretrain_epochs=5, star=True)
+    model._trainer.current_epoch = 299
+    with pytest.warns(UserWarning, match="training ended during pretrain-weak .* the mixture never trained"):
+        model.on_train_end()
