@@ -105,7 +105,7 @@ class Mowst(GraphTask):
         # weights at the phase's start and at its best (``_snapshot``)
         first = {"weak": "pretrain-weak", "both": "pretrain-weak", "strong": "pretrain-strong"}.get(pretrain)
         self.phase = {"name": first or first_phase, "best": -math.inf, "since": 0, "kept": -math.inf,
-                      "round_best": -math.inf, "rounds_without": 0, "rounds": 0}
+                      "round_best": -math.inf, "rounds_without": 0, "rounds": 0, "forget_best": False}
         self.phase_weights: dict[str, dict | None] = {"start": None, "best": None}
 
     def build(self, num_features, num_classes):
@@ -259,9 +259,9 @@ class Mowst(GraphTask):
             self.phase_weights["start"] = self._snapshot()
 
     def on_train_epoch_start(self):
-        if getattr(self, "_mixture_starts", False):
+        if self.phase["forget_best"]:  # in the schedule's state, so a run resumed at this epoch still forgets
             self._forget_best_checkpoint()
-            self._mixture_starts = False
+            self.phase["forget_best"] = False
 
     def _forget_best_checkpoint(self) -> None:
         """The mixture's first epoch: the pre-training epochs (one expert trained alone) are no candidates for the
@@ -316,7 +316,7 @@ class Mowst(GraphTask):
         both = state["name"] == "pretrain-weak" and self.pretrain == "both"
         state["name"] = "pretrain-strong" if both else self.first_phase
         state["best"], state["since"] = -math.inf, 0
-        self._mixture_starts = not both
+        state["forget_best"] = not both
         self.phase_weights = {"start": self._snapshot(), "best": None}
 
     def _end_phase(self) -> None:
